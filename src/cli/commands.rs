@@ -1,0 +1,349 @@
+//! The client commands. Results go to stdout; progress, script logs and
+//! errors go to stderr, so `kubefaas invoke` output can be piped.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde_json::{Map, Value, json};
+
+use super::client::{Client, ClientError};
+
+/// Folders left out when a folder is packed for upload.
+const SKIPPED_FOLDERS: &[&str] = &[".git", "__pycache__"];
+
+pub fn deploy(client: &Client, path: &Path, name: Option<String>) -> anyhow::Result<ExitCode> {
+    let metadata = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let name = match name {
+        Some(name) => name,
+        None => default_name(path),
+    };
+    let file_name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let started = Instant::now();
+    let (content_type, query, file) = if metadata.is_dir() {
+        eprintln!("packing {}", path.display());
+        ("application/x-tar", String::new(), pack_folder(path)?)
+    } else if let Some(content_type) = archive_content_type(&file_name) {
+        (content_type, String::new(), std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?)
+    } else {
+        let query = format!("?filename={}", encode_query_value(&file_name));
+        ("application/octet-stream", query, std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?)
+    };
+    let size = file.metadata().map(|metadata| metadata.len()).unwrap_or(0);
+    eprintln!("uploading {name} ({size} bytes) and building");
+    let body = reqwest::blocking::Body::sized(file, size);
+    let response = match client.put_body(&format!("/v1/scripts/{name}{query}"), content_type, body) {
+        Ok(response) => response,
+        Err(error) => return report(error),
+    };
+    let build = &response["build"];
+    let outcome = build["outcome"].as_str().unwrap_or("built").replace('_', " ");
+    eprintln!(
+        "build {}: {outcome} in {} ms (total {} ms)",
+        short_key(build["key"].as_str().unwrap_or("")),
+        build["duration_ms"],
+        started.elapsed().as_millis()
+    );
+    println!(
+        "deployed {} version {} (template {})",
+        response["name"].as_str().unwrap_or(&name),
+        response["version"],
+        response["template"].as_str().unwrap_or("?")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn invoke(
+    client: &Client,
+    name: &str,
+    data: Option<&str>,
+    variables: &[String],
+    meta: &[String],
+    print_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut request = Map::new();
+    if let Some(payload) = read_payload(data)? {
+        match String::from_utf8(payload) {
+            Ok(text) => request.insert("payload".into(), text.into()),
+            Err(error) => request.insert("payload_base64".into(), BASE64.encode(error.into_bytes()).into()),
+        };
+    }
+    request.insert("variables".into(), parse_pairs("--var", variables)?.into());
+    request.insert("meta".into(), parse_pairs("--meta", meta)?.into());
+    let response = match client.post_json(&format!("/v1/scripts/{name}/invoke"), &Value::Object(request)) {
+        Ok(response) => response,
+        Err(error) => return report(error),
+    };
+    let mut stdout = std::io::stdout().lock();
+    if print_json {
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&response)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for line in response["logs"].as_array().into_iter().flatten() {
+        eprintln!("log: {}", line.as_str().unwrap_or_default());
+    }
+    let payload = match (&response["payload"], response["payload_base64"].as_str()) {
+        (_, Some(encoded)) => BASE64.decode(encoded).context("the server sent invalid payload_base64")?,
+        (Value::String(text), None) => text.clone().into_bytes(),
+        _ => Vec::new(),
+    };
+    stdout.write_all(&payload)?;
+    if stdout.is_terminal() && !payload.ends_with(b"\n") && !payload.is_empty() {
+        stdout.write_all(b"\n")?;
+    }
+    stdout.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn list(client: &Client) -> anyhow::Result<ExitCode> {
+    let response = match client.get("/v1/scripts") {
+        Ok(response) => response,
+        Err(error) => return report(error),
+    };
+    println!("{:<32} {:>7} {:<10} {:>9}  UPDATED", "NAME", "VERSION", "TEMPLATE", "INSTANCES");
+    for script in response["scripts"].as_array().into_iter().flatten() {
+        println!(
+            "{:<32} {:>7} {:<10} {:>9}  {}",
+            script["name"].as_str().unwrap_or(""),
+            script["version"].to_string(),
+            script["template"].as_str().unwrap_or(""),
+            script["instances"].to_string(),
+            format_time(&script["updated_at_ms"])
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn show(client: &Client, name: &str) -> anyhow::Result<ExitCode> {
+    let response = match client.get(&format!("/v1/scripts/{name}")) {
+        Ok(response) => response,
+        Err(error) => return report(error),
+    };
+    println!("name:       {}", response["name"].as_str().unwrap_or(""));
+    println!("version:    {}", response["version"]);
+    println!("template:   {}", response["template"].as_str().unwrap_or(""));
+    println!("entry:      {}", response["entry"].as_str().unwrap_or(""));
+    println!("source:     {} bytes, hash {}", response["source_bytes"], short_key(response["source_hash"].as_str().unwrap_or("")));
+    println!("build key:  {}", response["build_key"].as_str().unwrap_or(""));
+    let build = &response["build"];
+    if build.is_object() {
+        let state = if build["succeeded"].as_bool() == Some(true) { "succeeded" } else { "failed" };
+        println!("build:      {state} in {} ms, {}", build["duration_ms"], format_time(&build["finished_at_ms"]));
+    }
+    println!("instances:  {}", response["instances"]);
+    println!("created:    {}", format_time(&response["created_at_ms"]));
+    println!("versions:");
+    for version in response["versions"].as_array().into_iter().flatten() {
+        println!(
+            "  {:>4}  {}  {}",
+            version["version"].to_string(),
+            format_time(&version["created_at_ms"]),
+            short_key(version["build_key"].as_str().unwrap_or(""))
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn remove(client: &Client, name: &str) -> anyhow::Result<ExitCode> {
+    match client.delete(&format!("/v1/scripts/{name}")) {
+        Ok(_) => {
+            println!("deleted {name}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => report(error),
+    }
+}
+
+pub fn logs(client: &Client, name: &str, build: bool) -> anyhow::Result<ExitCode> {
+    let query = if build { "?build=true" } else { "" };
+    let response = match client.get(&format!("/v1/scripts/{name}/logs{query}")) {
+        Ok(response) => response,
+        Err(error) => return report(error),
+    };
+    if build {
+        print!("{}", response["build_log"].as_str().unwrap_or(""));
+        return Ok(ExitCode::SUCCESS);
+    }
+    for line in response["lines"].as_array().into_iter().flatten() {
+        println!(
+            "{} instance {} {}: {}",
+            format_time(&line["at_ms"]),
+            line["instance"],
+            line["stream"].as_str().unwrap_or(""),
+            line["text"].as_str().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn templates(client: &Client) -> anyhow::Result<ExitCode> {
+    let response = match client.get("/v1/templates") {
+        Ok(response) => response,
+        Err(error) => return report(error),
+    };
+    println!("{:<10} {:<8} {:<12} {:<18} INTERPRETER", "NAME", "VERSION", "ENTRY", "DEPENDENCIES");
+    for template in response["templates"].as_array().into_iter().flatten() {
+        println!(
+            "{:<10} {:<8} {:<12} {:<18} {}",
+            template["name"].as_str().unwrap_or(""),
+            template["version"].as_str().unwrap_or(""),
+            template["entry"].as_str().unwrap_or(""),
+            template["dependency_file"].as_str().unwrap_or("-"),
+            template["interpreter"].as_str().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints an error with the details a user needs to act on it.
+fn report(error: ClientError) -> anyhow::Result<ExitCode> {
+    eprintln!("error: {error}");
+    if let ClientError::Api { body, .. } = &error {
+        for (field, title) in [("log_tail", "build log (end)"), ("stderr_tail", "script error output (end)")] {
+            if let Some(text) = body[field].as_str() {
+                eprintln!("--- {title} ---\n{}", text.trim_end());
+            }
+        }
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+fn read_payload(data: Option<&str>) -> anyhow::Result<Option<Vec<u8>>> {
+    match data {
+        None => Ok(None),
+        Some("-") => {
+            let mut buffer = Vec::new();
+            std::io::stdin().read_to_end(&mut buffer).context("reading the payload from stdin")?;
+            Ok(Some(buffer))
+        }
+        Some(text) => match text.strip_prefix('@') {
+            Some(file) => Ok(Some(std::fs::read(file).with_context(|| format!("reading payload file {file}"))?)),
+            None => Ok(Some(text.as_bytes().to_vec())),
+        },
+    }
+}
+
+fn parse_pairs(flag: &str, pairs: &[String]) -> anyhow::Result<Map<String, Value>> {
+    let mut map = Map::new();
+    for pair in pairs {
+        let (key, value) = pair
+            .split_once('=')
+            .with_context(|| format!("invalid {flag} {pair:?}: write it as KEY=VALUE"))?;
+        map.insert(key.to_string(), json!(value));
+    }
+    Ok(map)
+}
+
+/// Derives a script name from a path: `Order_To_Warehouse.py` becomes
+/// `order-to-warehouse`.
+fn default_name(path: &Path) -> String {
+    let file_name = path
+        .canonicalize()
+        .ok()
+        .and_then(|path| path.file_name().map(|name| name.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let stem = ["tar.gz", "tgz", "tar"]
+        .iter()
+        .find_map(|extension| file_name.strip_suffix(&format!(".{extension}")))
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            Path::new(&file_name).file_stem().unwrap_or_default().to_string_lossy().into_owned()
+        });
+    let mut name: String = stem
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .collect();
+    while name.contains("--") {
+        name = name.replace("--", "-");
+    }
+    name.trim_matches('-').to_string()
+}
+
+fn archive_content_type(file_name: &str) -> Option<&'static str> {
+    if file_name.ends_with(".tar.gz") || file_name.ends_with(".tgz") {
+        Some("application/gzip")
+    } else if file_name.ends_with(".tar") {
+        Some("application/x-tar")
+    } else {
+        None
+    }
+}
+
+/// Packs a folder into a temporary tar file, which the upload then streams.
+fn pack_folder(folder: &Path) -> anyhow::Result<std::fs::File> {
+    let file = tempfile::tempfile().context("creating a temporary file for the archive")?;
+    let mut builder = tar::Builder::new(file);
+    builder.follow_symlinks(false);
+    append_folder(&mut builder, folder, Path::new(""))?;
+    let mut file = builder.into_inner().context("finishing the archive")?;
+    use std::io::Seek;
+    file.rewind().context("rewinding the archive")?;
+    Ok(file)
+}
+
+fn append_folder(builder: &mut tar::Builder<std::fs::File>, folder: &Path, prefix: &Path) -> anyhow::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(folder)
+        .with_context(|| format!("reading {}", folder.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("reading {}", folder.display()))?;
+    entries.sort_by_key(|entry| entry.file_name());
+    for entry in entries {
+        let name = entry.file_name();
+        let path = entry.path();
+        let archive_path = prefix.join(&name);
+        let file_type = entry.file_type().with_context(|| format!("reading {}", path.display()))?;
+        if file_type.is_dir() {
+            if SKIPPED_FOLDERS.iter().any(|skipped| name == *skipped) {
+                continue;
+            }
+            append_folder(builder, &path, &archive_path)?;
+        } else {
+            builder
+                .append_path_with_name(&path, &archive_path)
+                .with_context(|| format!("adding {} to the archive", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn encode_query_value(value: &str) -> String {
+    value
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (byte as char).to_string(),
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+fn short_key(key: &str) -> &str {
+    &key[..key.len().min(12)]
+}
+
+fn format_time(ms: &Value) -> String {
+    match ms.as_u64() {
+        Some(ms) => humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string(),
+        None => "-".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_name_is_a_valid_script_name() {
+        assert_eq!(default_name(Path::new("/nonexistent/Order_To_Warehouse.py")), "");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("Order_To_Warehouse.py");
+        std::fs::write(&file, "").unwrap();
+        assert_eq!(default_name(&file), "order-to-warehouse");
+        let archive = dir.path().join("csv__to json.tar.gz");
+        std::fs::write(&archive, "").unwrap();
+        assert_eq!(default_name(&archive), "csv-to-json");
+    }
+}

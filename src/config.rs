@@ -1,0 +1,70 @@
+//! Server settings: defaults, then the `--config` TOML file, then flags.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// Settings the controller runs with. In the TOML file, durations are in
+/// seconds and sizes in bytes, under the field names below.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// An instance with no call for this long is stopped (scale to zero).
+    pub idle_timeout_seconds: f64,
+    /// The time a call may take, from the end of the build to the reply,
+    /// including waiting for an instance to start.
+    pub call_timeout_seconds: f64,
+    /// The largest script upload accepted.
+    pub max_script_bytes: u64,
+    /// The largest payload accepted in one call.
+    pub max_payload_bytes: u64,
+    /// The number of instances one script may run at once.
+    pub max_instances_per_script: usize,
+    /// The number of calls one instance serves at once.
+    pub instance_concurrency: usize,
+    /// The number of stdout and stderr lines kept per script.
+    pub log_lines_per_script: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            idle_timeout_seconds: 300.0,
+            call_timeout_seconds: 120.0,
+            max_script_bytes: 4 * 1024 * 1024 * 1024,
+            max_payload_bytes: 500 * 1024 * 1024,
+            max_instances_per_script: 4,
+            instance_concurrency: 1,
+            log_lines_per_script: 1000,
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.idle_timeout_seconds > 0.0, "idle_timeout_seconds must be above 0");
+        anyhow::ensure!(self.call_timeout_seconds > 0.0, "call_timeout_seconds must be above 0");
+        anyhow::ensure!(self.max_instances_per_script >= 1, "max_instances_per_script must be at least 1");
+        anyhow::ensure!(self.instance_concurrency >= 1, "instance_concurrency must be at least 1");
+        anyhow::ensure!(self.log_lines_per_script >= 1, "log_lines_per_script must be at least 1");
+        Ok(())
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.idle_timeout_seconds)
+    }
+
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.call_timeout_seconds)
+    }
+}

@@ -1,0 +1,257 @@
+//! The controller: resolves a script name to its current version, makes
+//! sure it is built, finds or starts an instance, and proxies the call.
+
+mod deploy;
+pub mod pool;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::builder::{Artifact, Builder};
+use crate::config::Config;
+use crate::error::{ApiError, ErrorKind};
+use crate::runtime::logs::{LogBuffer, LogLine};
+use crate::runtime::{CallData, CallReply, InstanceSpec, Runtime};
+use crate::store::{BuildRecord, Script, ScriptVersion, Store};
+use crate::templates::{Template, Templates};
+use pool::{Pool, PoolLimits};
+
+pub use deploy::DeployRequest;
+
+/// Where the server keeps its files, all under one data dir.
+#[derive(Debug, Clone)]
+pub struct DataPaths {
+    pub root: PathBuf,
+}
+
+impl DataPaths {
+    pub fn database(&self) -> PathBuf {
+        self.root.join("metadata.redb")
+    }
+    pub fn sources(&self) -> PathBuf {
+        self.root.join("sources")
+    }
+    pub fn artifacts(&self) -> PathBuf {
+        self.root.join("artifacts")
+    }
+    pub fn templates(&self) -> PathBuf {
+        self.root.join("templates")
+    }
+    /// Uploads and builds in progress; emptied when the server starts.
+    pub fn temp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+}
+
+pub struct Controller {
+    pub config: Config,
+    pub paths: DataPaths,
+    pub store: Arc<Store>,
+    pub templates: Templates,
+    builder: Builder,
+    runtime: Arc<dyn Runtime>,
+    pools: Mutex<HashMap<String, Arc<Pool>>>,
+    logs: Mutex<HashMap<String, Arc<LogBuffer>>>,
+    /// Artifacts already read from disk, by build key.
+    artifacts: Mutex<HashMap<String, Artifact>>,
+}
+
+impl Controller {
+    pub fn new(
+        config: Config,
+        paths: DataPaths,
+        store: Arc<Store>,
+        templates: Templates,
+        runtime: Arc<dyn Runtime>,
+    ) -> Controller {
+        let builder = Builder::new(paths.artifacts(), paths.temp(), store.clone());
+        Controller {
+            config,
+            paths,
+            store,
+            templates,
+            builder,
+            runtime,
+            pools: Mutex::default(),
+            logs: Mutex::default(),
+            artifacts: Mutex::default(),
+        }
+    }
+
+    pub fn script(&self, name: &str) -> Result<Script, ApiError> {
+        self.store.script(name)?.ok_or_else(|| ApiError::not_found(name))
+    }
+
+    pub fn scripts(&self) -> Result<Vec<Script>, ApiError> {
+        Ok(self.store.scripts()?)
+    }
+
+    pub fn versions(&self, name: &str) -> Result<Vec<ScriptVersion>, ApiError> {
+        Ok(self.store.versions(name)?)
+    }
+
+    pub fn build_record(&self, key: &str) -> Result<Option<BuildRecord>, ApiError> {
+        Ok(self.store.build(key)?)
+    }
+
+    /// The number of instances a script has, running or starting.
+    pub fn instance_count(&self, name: &str) -> usize {
+        self.pools.lock().expect("pools poisoned").get(name).map_or(0, |pool| pool.instance_count())
+    }
+
+    pub fn template(&self, name: &str) -> Result<&Template, ApiError> {
+        self.templates.get(name).ok_or_else(|| {
+            ApiError::internal(anyhow::anyhow!(
+                "template {name:?} is not available on this server: its interpreter is missing or it was removed"
+            ))
+        })
+    }
+
+    /// Deletes a script. Calls in flight finish; its instances then stop.
+    pub async fn remove(&self, name: &str) -> Result<(), ApiError> {
+        if !self.store.remove_script(name)? {
+            return Err(ApiError::not_found(name));
+        }
+        let pool = self.pools.lock().expect("pools poisoned").remove(name);
+        if let Some(pool) = pool {
+            pool.close().await;
+        }
+        self.logs.lock().expect("logs poisoned").remove(name);
+        tracing::info!(script = name, "script deleted");
+        Ok(())
+    }
+
+    pub fn logs(&self, name: &str) -> Vec<LogLine> {
+        self.logs.lock().expect("logs poisoned").get(name).map(|buffer| buffer.snapshot()).unwrap_or_default()
+    }
+
+    fn log_buffer(&self, name: &str) -> Arc<LogBuffer> {
+        let mut logs = self.logs.lock().expect("logs poisoned");
+        logs.entry(name.to_string())
+            .or_insert_with(|| Arc::new(LogBuffer::new(self.config.log_lines_per_script)))
+            .clone()
+    }
+
+    fn pool(&self, name: &str) -> Arc<Pool> {
+        self.pools.lock().expect("pools poisoned").entry(name.to_string()).or_insert_with(|| Pool::new(name)).clone()
+    }
+
+    /// Returns the artifact of a version, building it if it is missing.
+    async fn artifact(&self, version: &ScriptVersion) -> Result<Artifact, ApiError> {
+        if let Some(artifact) = self.artifacts.lock().expect("artifacts poisoned").get(&version.build_key) {
+            return Ok(artifact.clone());
+        }
+        let template = self.template(&version.template)?;
+        let source = self.paths.sources().join(&version.source_hash);
+        let (artifact, _) = self.builder.ensure(&version.build_key, template, &version.entry, &source).await?;
+        self.artifacts.lock().expect("artifacts poisoned").insert(version.build_key.clone(), artifact.clone());
+        Ok(artifact)
+    }
+
+    /// Invokes a script's current version with `data`.
+    pub async fn invoke(&self, name: &str, data: CallData) -> Result<CallReply, ApiError> {
+        let script = self.script(name)?;
+        let version = script.current;
+        let artifact = self.artifact(&version).await?;
+        let template = self.template(&version.template)?;
+        let (interpreter, args) = template.command_line();
+        let timeout = self.config.call_timeout();
+        let spec = InstanceSpec {
+            script: name.to_string(),
+            build_key: version.build_key.clone(),
+            interpreter,
+            args,
+            env: template.spec.run.env.clone(),
+            code_dir: artifact.code_dir.clone(),
+            entry: artifact.manifest.entry.clone(),
+            logs: self.log_buffer(name),
+            start_timeout: timeout,
+        };
+        let limits = PoolLimits {
+            max_instances: self.config.max_instances_per_script,
+            concurrency: self.config.instance_concurrency,
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let pool = self.pool(name);
+        let lease = pool.acquire(&self.runtime, &spec, limits, deadline, timeout).await?;
+
+        // The call runs in its own task holding the lease: if the caller
+        // disconnects, the reply is still read, so the connection to the
+        // instance stays in step for the next call.
+        let instance = lease.instance.clone();
+        let call = tokio::spawn(async move {
+            let reply = lease.instance.call(&data).await;
+            drop(lease);
+            reply
+        });
+        match tokio::time::timeout_at(deadline, call).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(join_error)) => Err(ApiError::internal(anyhow::anyhow!("call task failed: {join_error}"))),
+            Err(_) => {
+                tracing::warn!(script = name, instance = instance.id(), "call timed out; replacing the instance");
+                instance.stop().await;
+                Err(ApiError::new(ErrorKind::Timeout, format!("the call exceeded the timeout of {} s", timeout.as_secs_f64()))
+                    .with("timeout_seconds", timeout.as_secs_f64()))
+            }
+        }
+    }
+
+    /// Stops idle instances every `period` until the server stops.
+    pub async fn run_idle_reaper(self: Arc<Self>) {
+        let idle = self.config.idle_timeout();
+        let period = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let pools: Vec<Arc<Pool>> = self.pools.lock().expect("pools poisoned").values().cloned().collect();
+            for pool in pools {
+                pool.stop_idle(idle).await;
+            }
+        }
+    }
+
+    /// Stops every instance; called when the server shuts down.
+    pub async fn shutdown(&self) {
+        let pools: Vec<Arc<Pool>> = self.pools.lock().expect("pools poisoned").drain().map(|(_, pool)| pool).collect();
+        for pool in pools {
+            pool.close().await;
+        }
+    }
+}
+
+/// Checks a script name: lowercase letters, digits and `-`, 1 to 63
+/// characters, starting and ending with a letter or digit (a Kubernetes
+/// DNS label, so the name is valid in cluster mode too).
+pub fn validate_name(name: &str) -> Result<(), ApiError> {
+    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+    let valid = (1..=63).contains(&name.len())
+        && name.chars().all(allowed)
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "invalid script name {name:?}: use 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+        ))
+        .with("name", name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_name;
+
+    #[test]
+    fn names_follow_kubernetes_labels() {
+        for good in ["a", "order-to-warehouse", "csv2json", &"a".repeat(63)] {
+            assert!(validate_name(good).is_ok(), "{good} should be valid");
+        }
+        for bad in ["", "A", "has_underscore", "-lead", "trail-", "dot.ted", "sp ace", &"a".repeat(64)] {
+            assert!(validate_name(bad).is_err(), "{bad} should be invalid");
+        }
+    }
+}

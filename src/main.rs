@@ -1,0 +1,27 @@
+//! kubefaas: runs small scripts on demand. One binary is both the server
+//! (`kubefaas serve`) and the command-line client of its HTTP API.
+
+mod api;
+mod builder;
+mod cli;
+mod config;
+mod controller;
+mod error;
+mod runtime;
+mod serve;
+mod store;
+mod templates;
+mod upload;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let command = cli::Cli::parse();
+    match cli::run(command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

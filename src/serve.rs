@@ -1,0 +1,92 @@
+//! `kubefaas serve`: the controller, the builder and the local runtime in
+//! one process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::config::Config;
+use crate::controller::{Controller, DataPaths};
+use crate::runtime::local::LocalRuntime;
+use crate::store::Store;
+use crate::templates::Templates;
+
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub config: Option<PathBuf>,
+    pub templates_dir: Option<PathBuf>,
+    pub idle_timeout_seconds: Option<f64>,
+    pub call_timeout_seconds: Option<f64>,
+}
+
+pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    runtime.block_on(run(options))
+}
+
+async fn run(options: ServeOptions) -> anyhow::Result<()> {
+    let mut config = Config::load(options.config.as_deref())?;
+    if let Some(seconds) = options.idle_timeout_seconds {
+        config.idle_timeout_seconds = seconds;
+    }
+    if let Some(seconds) = options.call_timeout_seconds {
+        config.call_timeout_seconds = seconds;
+    }
+    config.validate()?;
+
+    let paths = DataPaths { root: options.data_dir.clone() };
+    prepare_data_dir(&paths)?;
+    let store = Arc::new(Store::open(&paths.database()).with_context(|| {
+        format!("opening the metadata database {} (is another server using this data dir?)", paths.database().display())
+    })?);
+    let templates = Templates::load(&paths.templates(), options.templates_dir.as_deref())?;
+    let controller = Arc::new(Controller::new(config, paths, store, templates, Arc::new(LocalRuntime)));
+    tokio::spawn(controller.clone().run_idle_reaper());
+
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("listening on {}", options.listen))?;
+    let address = listener.local_addr().context("reading the listening address")?;
+    tracing::info!(%address, data_dir = %options.data_dir.display(), "kubefaas serving");
+    // Scripts and tests that start the server read this line to find the port.
+    println!("kubefaas listening on http://{address}");
+
+    axum::serve(listener, crate::api::router(controller.clone()))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+    tracing::info!("shutting down: stopping instances");
+    controller.shutdown().await;
+    Ok(())
+}
+
+/// Creates the data dir's folders and empties `tmp`, which holds only
+/// uploads and builds that a previous run did not finish.
+fn prepare_data_dir(paths: &DataPaths) -> anyhow::Result<()> {
+    let temp = paths.temp();
+    if temp.exists() {
+        std::fs::remove_dir_all(&temp).with_context(|| format!("emptying {}", temp.display()))?;
+    }
+    for dir in [paths.root.clone(), paths.sources(), paths.artifacts(), paths.templates(), temp] {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

@@ -1,0 +1,238 @@
+//! Metadata that must survive a restart: scripts, their immutable versions,
+//! and build records. Embedded mode keeps it in one redb file under the data
+//! dir; values are JSON so records can grow fields without a migration.
+
+use std::path::Path;
+
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+const SCRIPTS: TableDefinition<&str, &[u8]> = TableDefinition::new("scripts");
+/// Keyed by `name/version` with the version zero-padded, so one script's
+/// versions sort together and in order.
+const VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("versions");
+const BUILDS: TableDefinition<&str, &[u8]> = TableDefinition::new("builds");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("metadata database failed: {0}")]
+    Database(#[from] redb::Error),
+    #[error("metadata record is not valid JSON: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+macro_rules! database_error {
+    ($($source:ty),*) => {$(
+        impl From<$source> for StoreError {
+            fn from(error: $source) -> Self {
+                StoreError::Database(error.into())
+            }
+        }
+    )*};
+}
+database_error!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// One deployed version of a script: what the upload contained and how it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScriptVersion {
+    pub name: String,
+    pub version: u64,
+    pub template: String,
+    pub entry: String,
+    /// Content hash of the uploaded file tree.
+    pub source_hash: String,
+    pub source_bytes: u64,
+    pub build_key: String,
+    pub created_at_ms: u64,
+}
+
+/// A script: its current version plus when it was first created.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Script {
+    pub current: ScriptVersion,
+    pub created_at_ms: u64,
+}
+
+/// The outcome of one build, kept with its log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildRecord {
+    pub key: String,
+    pub template: String,
+    pub succeeded: bool,
+    pub log: String,
+    pub finished_at_ms: u64,
+    pub duration_ms: u64,
+}
+
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    /// Opens the database file, creating it and its tables if needed.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(SCRIPTS)?;
+        txn.open_table(VERSIONS)?;
+        txn.open_table(BUILDS)?;
+        txn.commit()?;
+        Ok(Store { db })
+    }
+
+    pub fn script(&self, name: &str) -> Result<Option<Script>, StoreError> {
+        self.get(SCRIPTS, name)
+    }
+
+    pub fn scripts(&self) -> Result<Vec<Script>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SCRIPTS)?;
+        let mut scripts = Vec::new();
+        for entry in table.iter()? {
+            let (_, value) = entry?;
+            scripts.push(serde_json::from_slice(value.value())?);
+        }
+        Ok(scripts)
+    }
+
+    /// Records `version` as the script's newest version and makes it current.
+    /// The version number is assigned here, inside the write transaction, so
+    /// two concurrent deploys of one name get distinct numbers.
+    pub fn add_version(&self, mut version: ScriptVersion) -> Result<ScriptVersion, StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut scripts = txn.open_table(SCRIPTS)?;
+            let previous: Option<Script> = match scripts.get(version.name.as_str())? {
+                Some(value) => Some(serde_json::from_slice(value.value())?),
+                None => None,
+            };
+            version.version = previous.as_ref().map_or(1, |script| script.current.version + 1);
+            let script = Script {
+                created_at_ms: previous.map_or(version.created_at_ms, |script| script.created_at_ms),
+                current: version.clone(),
+            };
+            scripts.insert(version.name.as_str(), serde_json::to_vec(&script)?.as_slice())?;
+            let mut versions = txn.open_table(VERSIONS)?;
+            let key = version_key(&version.name, version.version);
+            versions.insert(key.as_str(), serde_json::to_vec(&version)?.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(version)
+    }
+
+    pub fn versions(&self, name: &str) -> Result<Vec<ScriptVersion>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(VERSIONS)?;
+        let (start, end) = (format!("{name}/"), format!("{name}0"));
+        let mut versions = Vec::new();
+        for entry in table.range(start.as_str()..end.as_str())? {
+            let (_, value) = entry?;
+            versions.push(serde_json::from_slice(value.value())?);
+        }
+        Ok(versions)
+    }
+
+    /// Deletes a script and all its versions. Returns false if it did not exist.
+    pub fn remove_script(&self, name: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        let existed;
+        {
+            let mut scripts = txn.open_table(SCRIPTS)?;
+            existed = scripts.remove(name)?.is_some();
+            let mut versions = txn.open_table(VERSIONS)?;
+            let (start, end) = (format!("{name}/"), format!("{name}0"));
+            versions.retain_in(start.as_str()..end.as_str(), |_, _| false)?;
+        }
+        txn.commit()?;
+        Ok(existed)
+    }
+
+    pub fn build(&self, key: &str) -> Result<Option<BuildRecord>, StoreError> {
+        self.get(BUILDS, key)
+    }
+
+    pub fn put_build(&self, record: &BuildRecord) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(BUILDS)?.insert(record.key.as_str(), serde_json::to_vec(record)?.as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn get<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(table)?;
+        match table.get(key)? {
+            Some(value) => Ok(Some(serde_json::from_slice(value.value())?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Script names cannot contain `/`, and `0` sorts right after `/`, so the
+/// range `name/`..`name0` covers exactly one script's versions.
+fn version_key(name: &str, version: u64) -> String {
+    format!("{name}/{version:020}")
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(name: &str, key: &str) -> ScriptVersion {
+        ScriptVersion {
+            name: name.into(),
+            version: 0,
+            template: "python".into(),
+            entry: "handler.py".into(),
+            source_hash: "s".into(),
+            source_bytes: 1,
+            build_key: key.into(),
+            created_at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn versions_number_up_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            assert_eq!(store.add_version(version("a", "k1")).unwrap().version, 1);
+            assert_eq!(store.add_version(version("a", "k2")).unwrap().version, 2);
+            assert_eq!(store.add_version(version("a-b", "k3")).unwrap().version, 1);
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.script("a").unwrap().unwrap().current.build_key, "k2");
+        assert_eq!(store.versions("a").unwrap().len(), 2);
+        assert_eq!(store.versions("a-b").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn remove_script_drops_its_versions_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("meta.redb")).unwrap();
+        store.add_version(version("a", "k1")).unwrap();
+        store.add_version(version("a-b", "k2")).unwrap();
+        assert!(store.remove_script("a").unwrap());
+        assert!(!store.remove_script("a").unwrap());
+        assert!(store.script("a").unwrap().is_none());
+        assert!(store.versions("a").unwrap().is_empty());
+        assert_eq!(store.versions("a-b").unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,111 @@
+// kubefaas instance shim for Node.js scripts.
+//
+// Loads the script's entry file, reports readiness, then serves calls from
+// the controller until the connection closes. Frames, both directions:
+// 4-byte big-endian header length, 4-byte big-endian body length, header
+// JSON, body bytes. The body is the raw payload, so any bytes travel unchanged.
+'use strict';
+const net = require('net');
+const path = require('path');
+
+function connect(onConnection) {
+  if (process.env.KUBEFAAS_FD) {
+    onConnection(new net.Socket({ fd: Number(process.env.KUBEFAAS_FD), readable: true, writable: true }));
+    return;
+  }
+  const address = process.env.KUBEFAAS_LISTEN;
+  const colon = address.lastIndexOf(':');
+  const server = net.createServer((socket) => {
+    server.close();
+    onConnection(socket);
+  });
+  server.listen(Number(address.slice(colon + 1)), address.slice(0, colon) || '0.0.0.0');
+}
+
+function loadHandler() {
+  const codeDir = process.env.KUBEFAAS_CODE_DIR;
+  const exported = require(path.join(codeDir, process.env.KUBEFAAS_ENTRY));
+  const handle = typeof exported === 'function' ? exported : exported && (exported.handle || exported.handler || exported.default);
+  if (typeof handle !== 'function') {
+    throw new Error(`${process.env.KUBEFAAS_ENTRY} exports no function: use module.exports = async function (data) { ... }`);
+  }
+  return handle;
+}
+
+function writeFrame(socket, header, body) {
+  const encoded = Buffer.from(JSON.stringify(header));
+  const prefix = Buffer.alloc(8);
+  prefix.writeUInt32BE(encoded.length, 0);
+  prefix.writeUInt32BE(body.length, 4);
+  socket.write(Buffer.concat([prefix, encoded, body]));
+}
+
+function decodePayload(header, body) {
+  if (!header.has_payload) return null;
+  const text = body.toString('utf8');
+  return Buffer.from(text, 'utf8').equals(body) ? text : body;
+}
+
+function encodePayload(payload) {
+  if (payload === null || payload === undefined) return [false, Buffer.alloc(0)];
+  if (Buffer.isBuffer(payload) || payload instanceof Uint8Array) return [true, Buffer.from(payload)];
+  if (typeof payload === 'string') return [true, Buffer.from(payload, 'utf8')];
+  return [true, Buffer.from(JSON.stringify(payload))];
+}
+
+async function serveCall(handle, header, body) {
+  const data = {
+    payload: decodePayload(header, body),
+    variables: header.variables || {},
+    meta: header.meta || {},
+    flow: header.flow || {},
+  };
+  try {
+    let result = await handle(data);
+    if (result === undefined || result === null) result = data;
+    if (typeof result !== 'object' || Array.isArray(result)) {
+      throw new TypeError(`the handler must return an object, not ${Array.isArray(result) ? 'an array' : typeof result}`);
+    }
+    const [hasPayload, payload] = encodePayload(result.payload);
+    const reply = { id: header.id, ok: true, has_payload: hasPayload };
+    for (const field of ['variables', 'meta', 'flow']) {
+      if (result[field] !== undefined) reply[field] = result[field];
+    }
+    if (result.logs !== undefined) reply.logs = (result.logs || []).map(String);
+    return [reply, payload];
+  } catch (error) {
+    console.error(error && error.stack ? error.stack : String(error));
+    const type = error && error.constructor ? error.constructor.name : 'Error';
+    const message = error && error.message !== undefined ? error.message : String(error);
+    return [{ id: header.id, ok: false, error: { type, message } }, Buffer.alloc(0)];
+  }
+}
+
+function serve(socket, handle) {
+  let buffered = Buffer.alloc(0);
+  let queue = Promise.resolve();
+  socket.on('data', (chunk) => {
+    buffered = buffered.length ? Buffer.concat([buffered, chunk]) : chunk;
+    while (buffered.length >= 8) {
+      const headerLength = buffered.readUInt32BE(0);
+      const bodyLength = buffered.readUInt32BE(4);
+      const total = 8 + headerLength + bodyLength;
+      if (buffered.length < total) break;
+      const header = JSON.parse(buffered.subarray(8, 8 + headerLength).toString('utf8'));
+      const body = Buffer.from(buffered.subarray(8 + headerLength, total));
+      buffered = buffered.subarray(total);
+      queue = queue.then(async () => {
+        const [reply, payload] = await serveCall(handle, header, body);
+        writeFrame(socket, reply, payload);
+      });
+    }
+  });
+  socket.on('end', () => process.exit(0));
+  socket.on('error', () => process.exit(0));
+}
+
+connect((socket) => {
+  const handle = loadHandler();
+  writeFrame(socket, { ready: true, pid: process.pid }, Buffer.alloc(0));
+  serve(socket, handle);
+});

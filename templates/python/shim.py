@@ -1,0 +1,132 @@
+"""kubefaas instance shim for Python scripts.
+
+Loads the script's entry file, reports readiness, then serves calls from the
+controller until the connection closes. Frames, both directions:
+4-byte big-endian header length, 4-byte big-endian body length, header JSON,
+body bytes. The body is the raw payload, so any bytes travel unchanged.
+"""
+import importlib.util
+import json
+import os
+import socket
+import struct
+import sys
+import traceback
+
+
+def connect():
+    if "KUBEFAAS_FD" in os.environ:
+        return socket.socket(fileno=int(os.environ["KUBEFAAS_FD"]))
+    host, _, port = os.environ["KUBEFAAS_LISTEN"].rpartition(":")
+    listener = socket.create_server((host or "0.0.0.0", int(port)))
+    connection, _ = listener.accept()
+    listener.close()
+    return connection
+
+
+def read_exact(stream, size):
+    chunks = []
+    while size:
+        chunk = stream.read(size)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(stream):
+    prefix = read_exact(stream, 8)
+    if prefix is None:
+        return None, None
+    header_length, body_length = struct.unpack(">II", prefix)
+    header = json.loads(read_exact(stream, header_length))
+    body = read_exact(stream, body_length) if body_length else b""
+    return header, body
+
+
+def write_frame(stream, header, body=b""):
+    encoded = json.dumps(header).encode()
+    stream.write(struct.pack(">II", len(encoded), len(body)) + encoded)
+    stream.write(body)
+    stream.flush()
+
+
+def load_handler():
+    code_dir = os.environ["KUBEFAAS_CODE_DIR"]
+    path = os.path.join(code_dir, os.environ["KUBEFAAS_ENTRY"])
+    sys.path.insert(0, code_dir)
+    spec = importlib.util.spec_from_file_location("handler", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["handler"] = module
+    spec.loader.exec_module(module)
+    handle = getattr(module, "handle", None)
+    if not callable(handle):
+        raise SystemExit(f"{os.environ['KUBEFAAS_ENTRY']} defines no function handle(data)")
+    return handle
+
+
+def decode_payload(header, body):
+    if not header.get("has_payload"):
+        return None
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return body
+
+
+def encode_payload(payload):
+    if payload is None:
+        return False, b""
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        return True, bytes(payload)
+    if isinstance(payload, str):
+        return True, payload.encode("utf-8", "surrogatepass")
+    return True, json.dumps(payload).encode()
+
+
+def serve_call(handle, header, body):
+    data = {
+        "payload": decode_payload(header, body),
+        "variables": header.get("variables") or {},
+        "meta": header.get("meta") or {},
+        "flow": header.get("flow") or {},
+    }
+    try:
+        result = handle(data)
+        if result is None:
+            result = data
+        if not isinstance(result, dict):
+            raise TypeError(f"handle must return a dict, not {type(result).__name__}")
+        has_payload, payload = encode_payload(result.get("payload"))
+        reply = {"id": header["id"], "ok": True, "has_payload": has_payload}
+        for field in ("variables", "meta", "flow"):
+            if field in result:
+                reply[field] = result[field]
+        if "logs" in result:
+            reply["logs"] = [str(line) for line in result["logs"] or []]
+        json.dumps(reply)
+        return reply, payload
+    except Exception as error:
+        traceback.print_exc()
+        return {
+            "id": header["id"],
+            "ok": False,
+            "error": {"type": type(error).__name__, "message": str(error)},
+        }, b""
+
+
+def main():
+    connection = connect()
+    stream = connection.makefile("rwb")
+    handle = load_handler()
+    write_frame(stream, {"ready": True, "pid": os.getpid()})
+    while True:
+        header, body = read_frame(stream)
+        if header is None:
+            return
+        reply, payload = serve_call(handle, header, body)
+        write_frame(stream, reply, payload)
+
+
+main()
