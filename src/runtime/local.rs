@@ -224,7 +224,7 @@ impl LocalInstance {
             None => ApiError::new(ErrorKind::Crashed, format!("the instance connection failed {when}: {error}")),
         };
         if !stderr_tail.is_empty() {
-            api_error.message.push_str(&format!(": {}", last_line(&stderr_tail)));
+            api_error.message.push_str(&format!(": {}", summary_line(&stderr_tail)));
             api_error = api_error.with("stderr_tail", stderr_tail);
         }
         tracing::warn!(instance = self.id, pid = self.pid, error = %api_error, "instance failed");
@@ -276,6 +276,11 @@ fn describe_exit(status: ExitStatus) -> String {
     }
 }
 
-fn last_line(text: &str) -> &str {
-    text.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or("").trim()
+/// Picks the line of a script's error output that names the error: the
+/// last one mentioning an error or exception (Node prints its version after
+/// the error), else the last non-empty line.
+fn summary_line(text: &str) -> &str {
+    let mut lines = text.lines().rev().map(str::trim).filter(|line| !line.is_empty());
+    let last = lines.clone().next().unwrap_or("");
+    lines.find(|line| line.contains("Error") || line.contains("Exception")).unwrap_or(last)
 }

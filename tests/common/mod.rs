@@ -1,0 +1,225 @@
+//! Test fixtures: a real `kubefaas serve` process on a free port with a
+//! temporary data dir, driven through the CLI and the HTTP API.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_kubefaas");
+
+pub struct Server {
+    pub url: String,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+pub struct ServerBuilder {
+    args: Vec<String>,
+    data_dir: Option<PathBuf>,
+    config: Option<String>,
+}
+
+impl ServerBuilder {
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_string());
+        self
+    }
+
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.data_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Settings written to a TOML file passed with --config.
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config = Some(toml.to_string());
+        self
+    }
+
+    pub fn start(self) -> Server {
+        let temp = tempfile::tempdir().expect("creating a temporary data dir");
+        let data_dir = self.data_dir.clone().unwrap_or_else(|| temp.path().join("data"));
+        let mut command = Command::new(BINARY);
+        command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&data_dir).args(&self.args);
+        if let Some(config) = &self.config {
+            let path = temp.path().join("config.toml");
+            std::fs::write(&path, config).expect("writing the config file");
+            command.arg("--config").arg(path);
+        }
+        let mut child = command
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting kubefaas serve");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("reading the server's first line");
+        let url = line
+            .trim()
+            .strip_prefix("kubefaas listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from the server: {line:?}"))
+            .to_string();
+        Server { url, data_dir, child: Some(child), _temp: Some(temp) }
+    }
+}
+
+impl Server {
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder { args: Vec::new(), data_dir: None, config: None }
+    }
+
+    pub fn start() -> Server {
+        Server::builder().start()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server is running").id()
+    }
+
+    /// Stops the server with SIGTERM, as an operator would, and waits.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if child.try_wait().expect("waiting for the server").is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the server did not stop within 10 s of SIGTERM");
+        }
+    }
+
+    /// Keeps the temporary data dir after the server stops, for a restart.
+    pub fn keep_data_dir(&mut self) -> tempfile::TempDir {
+        self._temp.take().expect("data dir already taken")
+    }
+
+    /// Runs a CLI command against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_in(args, None)
+    }
+
+    pub fn cli_in(&self, args: &[&str], dir: Option<&Path>) -> Output {
+        let mut command = Command::new(BINARY);
+        command.args(args).env("KUBEFAAS_URL", &self.url);
+        if let Some(dir) = dir {
+            command.current_dir(dir);
+        }
+        command.output().expect("running the kubefaas CLI")
+    }
+
+    /// Runs a CLI command and returns its stdout, failing the test with its
+    /// stderr if it exits non-zero.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let output = self.cli(args);
+        assert!(
+            output.status.success(),
+            "kubefaas {args:?} failed with {}\nstdout: {}\nstderr: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("CLI output is UTF-8")
+    }
+
+    pub fn http(&self) -> reqwest::blocking::Client {
+        reqwest::blocking::Client::builder().timeout(None).build().expect("building an HTTP client")
+    }
+
+    /// Sends a request and returns the status and the JSON body.
+    pub fn request(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("valid method");
+        let mut request = self.http().request(method, format!("{}{path}", self.url));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().expect("sending the request");
+        let status = response.status().as_u16();
+        let text = response.text().expect("reading the response");
+        let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("response is not JSON: {text:?}"));
+        (status, body)
+    }
+
+    pub fn invoke(&self, name: &str, body: Value) -> (u16, Value) {
+        self.request("POST", &format!("/v1/scripts/{name}/invoke"), Some(body))
+    }
+
+    /// Uploads one file under `file_name` as script `name`.
+    pub fn deploy_file(&self, name: &str, file_name: &str, contents: &str) -> (u16, Value) {
+        let response = self
+            .http()
+            .put(format!("{}/v1/scripts/{name}?filename={file_name}", self.url))
+            .body(contents.to_string())
+            .send()
+            .expect("sending the upload");
+        let status = response.status().as_u16();
+        (status, response.json().expect("upload response is JSON"))
+    }
+
+    pub fn instances(&self, name: &str) -> u64 {
+        let (status, body) = self.request("GET", &format!("/v1/scripts/{name}"), None);
+        assert_eq!(status, 200, "show {name}: {body}");
+        body["instances"].as_u64().expect("instances is a number")
+    }
+
+    /// Waits until `condition` holds, polling; panics after `limit`.
+    pub fn wait_until(&self, limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+        let deadline = Instant::now() + limit;
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out after {limit:?} waiting until {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The processes whose parent is `pid`.
+pub fn child_pids(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("reading /proc").flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        // The fields after the command name, which is in parentheses.
+        let after_name = &stat[stat.rfind(')').map_or(0, |at| at + 2)..];
+        let parent: u32 = after_name.split(' ').nth(1).and_then(|field| field.parse().ok()).unwrap_or(0);
+        if parent == pid {
+            children.push(child);
+        }
+    }
+    children
+}
+
+pub fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
+}
