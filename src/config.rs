@@ -6,6 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Deserialize;
 
+use crate::builder::artifact_store::ArtifactStoreConfig;
+
 /// Settings the controller runs with. In the TOML file, durations are in
 /// seconds and sizes in bytes, under the field names below.
 #[derive(Debug, Clone, Deserialize)]
@@ -26,6 +28,12 @@ pub struct Config {
     pub instance_concurrency: usize,
     /// The number of stdout and stderr lines kept per script.
     pub log_lines_per_script: usize,
+    /// An artifact or layer unused for this many days is deleted.
+    pub retention_days: f64,
+    /// The time one dependency build step (pip, npm) may take.
+    pub build_step_timeout_seconds: f64,
+    /// Where layers and artifact manifests are stored.
+    pub artifact_store: ArtifactStoreConfig,
 }
 
 impl Default for Config {
@@ -38,6 +46,9 @@ impl Default for Config {
             max_instances_per_script: 4,
             instance_concurrency: 1,
             log_lines_per_script: 1000,
+            retention_days: 14.0,
+            build_step_timeout_seconds: 600.0,
+            artifact_store: ArtifactStoreConfig::Default,
         }
     }
 }
@@ -57,11 +68,21 @@ impl Config {
         anyhow::ensure!(self.max_instances_per_script >= 1, "max_instances_per_script must be at least 1");
         anyhow::ensure!(self.instance_concurrency >= 1, "instance_concurrency must be at least 1");
         anyhow::ensure!(self.log_lines_per_script >= 1, "log_lines_per_script must be at least 1");
+        anyhow::ensure!(self.retention_days > 0.0, "retention_days must be above 0");
+        anyhow::ensure!(self.build_step_timeout_seconds > 0.0, "build_step_timeout_seconds must be above 0");
         Ok(())
     }
 
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.idle_timeout_seconds)
+    }
+
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs_f64(self.retention_days * 24.0 * 3600.0)
+    }
+
+    pub fn build_step_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.build_step_timeout_seconds)
     }
 
     pub fn call_timeout(&self) -> Duration {

@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use crate::builder::Builder;
+use crate::builder::artifact_store::ArtifactStore;
 use crate::config::Config;
 use crate::controller::{Controller, DataPaths};
 use crate::runtime::local::LocalRuntime;
@@ -49,8 +51,14 @@ async fn run(options: ServeOptions) -> anyhow::Result<()> {
         format!("opening the metadata database {} (is another server using this data dir?)", paths.database().display())
     })?);
     let templates = Templates::load(&paths.templates(), options.templates_dir.as_deref())?;
-    let controller = Arc::new(Controller::new(config, paths, store, templates, Arc::new(LocalRuntime)));
+    let artifact_store = ArtifactStore::open(&config.artifact_store, &paths.artifact_store())
+        .context("opening the artifact store")?;
+    tracing::info!(store = artifact_store.description(), "artifact store ready");
+    let builder = Builder::new(artifact_store, store.clone(), paths.layers(), paths.temp(), config.build_step_timeout())
+        .with_context(|| format!("creating {}", paths.layers().display()))?;
+    let controller = Arc::new(Controller::new(config, paths, store, templates, builder, Arc::new(LocalRuntime)));
     tokio::spawn(controller.clone().run_idle_reaper());
+    tokio::spawn(controller.clone().run_garbage_collector());
 
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -76,7 +84,7 @@ fn prepare_data_dir(paths: &DataPaths) -> anyhow::Result<()> {
     if temp.exists() {
         std::fs::remove_dir_all(&temp).with_context(|| format!("emptying {}", temp.display()))?;
     }
-    for dir in [paths.root.clone(), paths.sources(), paths.artifacts(), paths.templates(), temp] {
+    for dir in [paths.root.clone(), paths.sources(), paths.layers(), paths.templates(), temp] {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     Ok(())

@@ -94,7 +94,7 @@ async fn deploy_script(
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse().ok());
-    let deployed = controller.deploy(DeployRequest { name, kind, body, content_length }).await?;
+    let deployed = controller.deploy(DeployRequest { name, kind, body, content_length }, None).await?;
     let mut body = views::version(&deployed.version);
     body["build"] = deployed.build.as_ref().map(views::build_summary).unwrap_or(serde_json::Value::Null);
     body["build"]["outcome"] = serde_json::to_value(deployed.outcome).unwrap_or_default();

@@ -41,7 +41,7 @@ pub fn template(template: &Template) -> Value {
         "version": template.spec.version,
         "extensions": template.spec.extensions,
         "entry": template.spec.entry,
-        "dependency_file": template.spec.dependency_file,
+        "dependency_file": template.spec.dependencies.as_ref().map(|dependencies| &dependencies.file),
         "interpreter": template.interpreter,
     })
 }

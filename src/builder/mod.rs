@@ -1,41 +1,76 @@
-//! The builder turns a script version into a runnable artifact in
-//! `artifacts/{build_key}`: the script's files (the code layer) plus
-//! `artifact.json`. The build key is a hash of everything that affects the
-//! result, so a key that exists on disk is a cache hit. A build is written
-//! to a temporary folder and renamed into place, so an artifact folder is
-//! either complete or absent.
+//! The builder turns a script version into a runnable artifact. An artifact
+//! is a manifest plus layers, the way an image is: a dependency layer keyed
+//! by (template, dependency files), shared between versions and scripts,
+//! and a code layer keyed by the source tree. Layers and manifests live in
+//! the artifact store; the builder keeps unpacked copies under
+//! `layers/` in the data dir for instances to run from.
+//!
+//! The build key hashes the template, the entry and the source tree (which
+//! includes the dependency files), so an existing manifest is a cache hit
+//! and a change of any input gives a new key. A manifest is written only
+//! after its layers, and unpacked layers are renamed into place, so a
+//! failed or interrupted build leaves no half-written artifact.
+
+pub mod artifact_store;
+mod layers;
+mod steps;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, ErrorKind};
 use crate::store::{BuildRecord, Store, now_ms};
 use crate::templates::Template;
+use artifact_store::{ArtifactStore, ArtifactStoreError};
 
 /// The part of a build's log returned with `build_failed`.
 const LOG_TAIL_BYTES: usize = 4096;
+/// Build logs keep their first and last half of this many bytes.
+const MAX_LOG_BYTES: usize = 1024 * 1024;
+/// A use is recorded at most this often per artifact or layer, so the
+/// invoke path does not write to the database on every call.
+const USE_RECORD_INTERVAL_MS: u64 = 60 * 60 * 1000;
 
-/// Written into every artifact; the runtime reads it to start an instance.
+/// Stored as `artifacts/{build_key}.json`; lists the layers to run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ArtifactManifest {
     pub build_key: String,
     pub template: String,
     pub entry: String,
+    /// Key of the dependency layer, if the script has a dependency file.
+    pub dependency_layer: Option<String>,
+    /// Key of the code layer: the source tree's hash.
+    pub code_layer: String,
 }
 
-/// A built artifact on disk.
+impl ArtifactManifest {
+    /// The artifact store keys of this artifact and its layers.
+    fn object_keys(&self) -> Vec<String> {
+        let mut keys = vec![manifest_key(&self.build_key), layer_key(LayerKind::Code, &self.code_layer)];
+        if let Some(dependency_layer) = &self.dependency_layer {
+            keys.push(layer_key(LayerKind::Dependencies, dependency_layer));
+        }
+        keys
+    }
+}
+
+/// A built artifact, unpacked on local disk.
 #[derive(Debug, Clone)]
 pub struct Artifact {
     pub manifest: ArtifactManifest,
     pub code_dir: PathBuf,
+    /// The dependency layer, or an empty folder when there is none.
+    pub dependencies_dir: PathBuf,
 }
 
-/// How a call to [`Builder::ensure`] got its artifact.
+/// How [`Builder::ensure`] got its artifact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BuildOutcome {
@@ -43,154 +78,474 @@ pub enum BuildOutcome {
     Built,
 }
 
-pub struct Builder {
-    artifacts_dir: PathBuf,
-    temp_dir: PathBuf,
-    store: Arc<Store>,
-    /// One lock per build key, so concurrent requests for one key run one build.
-    in_progress: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+/// What to build.
+pub struct BuildInput<'a> {
+    pub key: &'a str,
+    pub template: &'a Template,
+    pub entry: &'a str,
+    pub source_dir: &'a Path,
+    pub source_hash: &'a str,
+}
+
+/// Receives progress lines ("dependencies: running pip") while a build runs.
+pub type Progress = Option<tokio::sync::mpsc::UnboundedSender<String>>;
+
+fn report(progress: &Progress, line: impl Into<String>) {
+    if let Some(sender) = progress {
+        let _ = sender.send(line.into());
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum LayerKind {
+    Dependencies,
+    Code,
+}
+
+impl LayerKind {
+    fn folder(self) -> &'static str {
+        match self {
+            LayerKind::Dependencies => "dependencies",
+            LayerKind::Code => "code",
+        }
+    }
+}
+
+fn manifest_key(build_key: &str) -> String {
+    format!("artifacts/{build_key}.json")
+}
+
+fn layer_key(kind: LayerKind, key: &str) -> String {
+    format!("layers/{}/{key}.tar", kind.folder())
 }
 
 /// Computes the build key of a source tree built with a template.
 pub fn build_key(template: &Template, entry: &str, source_hash: &str) -> String {
+    hash_parts(&["kubefaas-build-2", &template.spec.name, &template.digest, entry, source_hash])
+}
+
+fn hash_parts(parts: &[&str]) -> String {
     let mut hasher = Sha256::new();
-    for part in ["kubefaas-build-1", &template.spec.name, &template.digest, entry, source_hash] {
+    for part in parts {
         hasher.update((part.len() as u64).to_be_bytes());
         hasher.update(part.as_bytes());
     }
     hex::encode(hasher.finalize())
 }
 
+static NEXT_STAGING_ID: AtomicU64 = AtomicU64::new(1);
+
+pub struct Builder {
+    store: ArtifactStore,
+    metadata: Arc<Store>,
+    layers_dir: PathBuf,
+    temp_dir: PathBuf,
+    empty_dir: PathBuf,
+    step_timeout: Duration,
+    /// One lock per build key and per layer, so concurrent requests for the
+    /// same output run one build and the rest wait for it.
+    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// When each artifact or layer's use was last recorded, by store key.
+    recorded_uses: std::sync::Mutex<HashMap<String, u64>>,
+}
+
 impl Builder {
-    pub fn new(artifacts_dir: PathBuf, temp_dir: PathBuf, store: Arc<Store>) -> Builder {
-        Builder { artifacts_dir, temp_dir, store, in_progress: Default::default() }
+    pub fn new(
+        store: ArtifactStore,
+        metadata: Arc<Store>,
+        layers_dir: PathBuf,
+        temp_dir: PathBuf,
+        step_timeout: Duration,
+    ) -> std::io::Result<Builder> {
+        let empty_dir = layers_dir.join("empty");
+        std::fs::create_dir_all(&empty_dir)?;
+        Ok(Builder {
+            store,
+            metadata,
+            layers_dir,
+            temp_dir,
+            empty_dir,
+            step_timeout,
+            locks: Default::default(),
+            recorded_uses: Default::default(),
+        })
     }
 
-    fn artifact_dir(&self, key: &str) -> PathBuf {
-        self.artifacts_dir.join(key)
+    fn lock_for(&self, name: String) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.lock().expect("build locks poisoned").entry(name).or_default().clone()
     }
 
-    /// Returns the artifact for `key`, building it from `source_dir` if it is
-    /// not on disk yet. A failed build is recorded and returned as
-    /// `build_failed` with the tail of its log; it is not retried until the
-    /// script is deployed again.
+    fn staging_path(&self, label: &str) -> PathBuf {
+        let id = NEXT_STAGING_ID.fetch_add(1, Ordering::Relaxed);
+        self.temp_dir.join(format!("{label}-{}-{id}", std::process::id()))
+    }
+
+    /// Returns the artifact for `input.key`, building what is missing. A
+    /// build that failed before is returned as `build_failed` again unless
+    /// `retry_failed` is set (a new deploy retries; an invoke does not).
     pub async fn ensure(
         &self,
-        key: &str,
-        template: &Template,
-        entry: &str,
-        source_dir: &Path,
+        input: &BuildInput<'_>,
+        retry_failed: bool,
+        progress: &Progress,
     ) -> Result<(Artifact, BuildOutcome), ApiError> {
-        if let Some(artifact) = self.load(key)? {
+        let lock = self.lock_for(format!("build/{}", input.key));
+        let _guard = lock.lock().await;
+
+        if let Some(artifact) = self.load(input.key).await? {
+            self.record_use(&artifact.manifest, now_ms())?;
+            report(progress, "cache hit: the artifact is already built");
             return Ok((artifact, BuildOutcome::CacheHit));
         }
-        let lock = {
-            let mut in_progress = self.in_progress.lock().expect("build lock map poisoned");
-            in_progress.entry(key.to_string()).or_default().clone()
-        };
-        let _guard = lock.lock().await;
-        if let Some(artifact) = self.load(key)? {
-            return Ok((artifact, BuildOutcome::CacheHit));
+        if !retry_failed {
+            if let Some(record) = self.metadata.build(input.key)? {
+                if !record.succeeded {
+                    return Err(build_failed(&record.log));
+                }
+            }
         }
 
         let started = Instant::now();
-        let span = tracing::info_span!("build", build_key = %key, template = %template.spec.name);
-        let _entered = span.enter();
-        let result = self.build(key, template, entry, source_dir);
-        let (succeeded, log) = match &result {
-            Ok(log) => (true, log.clone()),
-            Err(log) => (false, log.clone()),
-        };
+        let span = tracing::info_span!("build", build_key = %input.key, template = %input.template.spec.name);
+        let log_path = self.staging_path("build-log");
+        span.in_scope(|| tracing::info!("build started"));
+        let result = self.build(input, &log_path, progress).instrument(span.clone()).await;
+        let mut log = std::fs::read(&log_path).map(|bytes| String::from_utf8_lossy(&bytes).into_owned()).unwrap_or_default();
+        let _ = std::fs::remove_file(&log_path);
+        if let Err(message) = &result {
+            log.push_str(message);
+            log.push('\n');
+        }
         let record = BuildRecord {
-            key: key.to_string(),
-            template: template.spec.name.clone(),
-            succeeded,
-            log,
+            key: input.key.to_string(),
+            template: input.template.spec.name.clone(),
+            succeeded: result.is_ok(),
+            log: bound_log(log),
             finished_at_ms: now_ms(),
             duration_ms: started.elapsed().as_millis() as u64,
         };
-        self.store.put_build(&record)?;
-        self.in_progress.lock().expect("build lock map poisoned").remove(key);
+        self.metadata.put_build(&record)?;
+        let _entered = span.enter();
         match result {
-            Ok(_) => {
+            Ok(artifact) => {
                 tracing::info!(duration_ms = record.duration_ms, "build finished");
-                let artifact = self.load(key)?.ok_or_else(|| {
-                    ApiError::internal(anyhow::anyhow!("artifact {key} missing right after its build"))
-                })?;
+                self.record_use(&artifact.manifest, now_ms())?;
                 Ok((artifact, BuildOutcome::Built))
             }
-            Err(log) => {
+            Err(_) => {
                 tracing::warn!(duration_ms = record.duration_ms, "build failed");
-                Err(build_failed(&log))
+                Err(build_failed(&record.log))
             }
         }
     }
 
-    /// Builds into a temporary folder, then renames it into place. Returns
-    /// the build log, or the log so far if a step failed.
-    fn build(&self, key: &str, template: &Template, entry: &str, source_dir: &Path) -> Result<String, String> {
-        let mut log = String::new();
-        let staging = self.temp_dir.join(format!("build-{key}-{}", std::process::id()));
-        let result = (|| -> Result<(), String> {
+    /// Loads an artifact whose manifest is in the store, unpacking layers
+    /// that are not on local disk yet.
+    async fn load(&self, key: &str) -> Result<Option<Artifact>, ApiError> {
+        let Some(bytes) = self.store.get_bytes(&manifest_key(key)).await.map_err(ApiError::internal)? else {
+            return Ok(None);
+        };
+        let manifest: ArtifactManifest = serde_json::from_slice(&bytes)
+            .map_err(|error| ApiError::internal(anyhow::anyhow!("artifact manifest {key} is invalid: {error}")))?;
+        let code_dir = self.local_layer(LayerKind::Code, &manifest.code_layer).await?;
+        let dependencies_dir = match &manifest.dependency_layer {
+            Some(layer) => self.local_layer(LayerKind::Dependencies, layer).await?,
+            None => Some(self.empty_dir.clone()),
+        };
+        match (code_dir, dependencies_dir) {
+            (Some(code_dir), Some(dependencies_dir)) => Ok(Some(Artifact { manifest, code_dir, dependencies_dir })),
+            // A layer was removed from the store: build again.
+            _ => Ok(None),
+        }
+    }
+
+    /// Returns the local folder of a layer, downloading and unpacking it
+    /// from the store if needed; None if the store does not have it.
+    async fn local_layer(&self, kind: LayerKind, key: &str) -> Result<Option<PathBuf>, ApiError> {
+        let dir = self.layers_dir.join(kind.folder()).join(key);
+        if dir.is_dir() {
+            return Ok(Some(dir));
+        }
+        let lock = self.lock_for(format!("layer/{}/{key}", kind.folder()));
+        let _guard = lock.lock().await;
+        if dir.is_dir() {
+            return Ok(Some(dir));
+        }
+        let tar_path = self.staging_path("layer-download");
+        let found = self.store.get_to_file(&layer_key(kind, key), &tar_path).await;
+        let result = match found {
+            Ok(true) => {
+                let staging = self.staging_path("layer-unpack");
+                let (tar, target) = (tar_path.clone(), dir.clone());
+                tokio::task::spawn_blocking(move || {
+                    layers::unpack(&tar, &staging)?;
+                    std::fs::create_dir_all(target.parent().expect("layer folder has a parent"))?;
+                    std::fs::rename(&staging, &target).inspect_err(|_| {
+                        let _ = std::fs::remove_dir_all(&staging);
+                    })
+                })
+                .await
+                .map_err(|error| ApiError::internal(anyhow::anyhow!("unpack task failed: {error}")))?
+                .map_err(|error| ApiError::internal(anyhow::anyhow!("unpacking layer {key}: {error}")))?;
+                Ok(Some(dir))
+            }
+            Ok(false) => Ok(None),
+            Err(error) => Err(ApiError::internal(error)),
+        };
+        let _ = std::fs::remove_file(&tar_path);
+        result
+    }
+
+    /// Builds the missing layers and writes the manifest. Returns a message
+    /// for the build log on failure.
+    async fn build(&self, input: &BuildInput<'_>, log_path: &Path, progress: &Progress) -> Result<Artifact, String> {
+        append_log(log_path, &format!("build {} with template {}\n", short(input.key), input.template.spec.name));
+        if !input.source_dir.join(input.entry).is_file() {
+            return Err(format!(
+                "entry file {:?} not found: the {} template loads it, so upload it or set `entry` in kubefaas.toml",
+                input.entry, input.template.spec.name
+            ));
+        }
+
+        let dependency_layer = match dependency_layer_key(input)? {
+            Some(key) => {
+                let dir = self.dependency_layer(input, &key, log_path, progress).await?;
+                Some((key, dir))
+            }
+            None => {
+                append_log(log_path, "dependencies: none (no dependency file)\n");
+                None
+            }
+        };
+        let code_dir = self.code_layer(input, log_path, progress).await?;
+
+        let manifest = ArtifactManifest {
+            build_key: input.key.to_string(),
+            template: input.template.spec.name.clone(),
+            entry: input.entry.to_string(),
+            dependency_layer: dependency_layer.as_ref().map(|(key, _)| key.clone()),
+            code_layer: input.source_hash.to_string(),
+        };
+        let manifest_json = serde_json::to_vec_pretty(&manifest).map_err(|error| error.to_string())?;
+        self.store
+            .put_bytes(&manifest_key(input.key), manifest_json)
+            .await
+            .map_err(|error| format!("storing the artifact manifest failed: {error}"))?;
+        append_log(log_path, "artifact stored\n");
+        let dependencies_dir = dependency_layer.map_or_else(|| self.empty_dir.clone(), |(_, dir)| dir);
+        Ok(Artifact { manifest, code_dir, dependencies_dir })
+    }
+
+    async fn dependency_layer(
+        &self,
+        input: &BuildInput<'_>,
+        key: &str,
+        log_path: &Path,
+        progress: &Progress,
+    ) -> Result<PathBuf, String> {
+        let found = self.local_layer(LayerKind::Dependencies, key).await.map_err(|error| error.message)?;
+        if let Some(dir) = found {
+            append_log(log_path, &format!("dependencies: layer {} reused\n", short(key)));
+            report(progress, format!("dependencies: layer {} reused", short(key)));
+            return Ok(dir);
+        }
+        let lock = self.lock_for(format!("build-layer/{key}"));
+        let _guard = lock.lock().await;
+        if let Some(dir) = self.local_layer(LayerKind::Dependencies, key).await.map_err(|error| error.message)? {
+            append_log(log_path, &format!("dependencies: layer {} reused\n", short(key)));
+            return Ok(dir);
+        }
+
+        let spec = input.template.spec.dependencies.as_ref().expect("a dependency key implies a spec");
+        let staging = self.staging_path("dependencies");
+        let result = async {
+            std::fs::create_dir_all(&staging).map_err(|error| format!("creating {}: {error}", staging.display()))?;
+            for file in std::iter::once(&spec.file).chain(&spec.lock_files) {
+                let source = input.source_dir.join(file);
+                if source.is_file() {
+                    std::fs::copy(&source, staging.join(file)).map_err(|error| format!("copying {file}: {error}"))?;
+                }
+            }
+            for step in &spec.steps {
+                let command = input.template.step_command(step);
+                let line = format!("dependencies: $ {}", command.join(" "));
+                append_log(log_path, &format!("{line}\n"));
+                report(progress, line);
+                steps::run_step(&command, &staging, log_path, self.step_timeout).await?;
+            }
+            report(progress, "dependencies: storing the layer");
+            self.store_layer(LayerKind::Dependencies, key, &staging).await
+        }
+        .await;
+        if let Err(message) = result {
             let _ = std::fs::remove_dir_all(&staging);
-            let code_dir = staging.join("code");
-            let copied = copy_tree(source_dir, &code_dir)
-                .map_err(|error| format!("copying the script's files failed: {error}"))?;
-            log.push_str(&format!("code layer: {copied} files from source\n"));
-            if !code_dir.join(entry).is_file() {
-                return Err(format!(
-                    "entry file {entry:?} not found: the {} template loads it, so upload it or set `entry` in kubefaas.toml",
-                    template.spec.name
-                ));
+            return Err(message);
+        }
+        append_log(log_path, &format!("dependencies: layer {} built\n", short(key)));
+        Ok(self.layers_dir.join(LayerKind::Dependencies.folder()).join(key))
+    }
+
+    async fn code_layer(&self, input: &BuildInput<'_>, log_path: &Path, progress: &Progress) -> Result<PathBuf, String> {
+        if let Some(dir) = self.local_layer(LayerKind::Code, input.source_hash).await.map_err(|error| error.message)? {
+            append_log(log_path, &format!("code: layer {} reused\n", short(input.source_hash)));
+            return Ok(dir);
+        }
+        report(progress, "code: storing the layer");
+        let staging = self.staging_path("code");
+        let copied = layers::copy_tree(input.source_dir, &staging).map_err(|error| format!("copying the code: {error}"));
+        let result = match copied {
+            Ok(_) => self.store_layer(LayerKind::Code, input.source_hash, &staging).await,
+            Err(message) => Err(message),
+        };
+        if let Err(message) = result {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(message);
+        }
+        append_log(log_path, &format!("code: layer {} stored\n", short(input.source_hash)));
+        Ok(self.layers_dir.join(LayerKind::Code.folder()).join(input.source_hash))
+    }
+
+    /// Packs `staging` into the store, then moves it to its local place.
+    async fn store_layer(&self, kind: LayerKind, key: &str, staging: &Path) -> Result<(), String> {
+        let tar_path = self.staging_path("layer-pack");
+        let (folder, tar) = (staging.to_path_buf(), tar_path.clone());
+        let packed = tokio::task::spawn_blocking(move || layers::pack(&folder, &tar))
+            .await
+            .map_err(|error| format!("pack task failed: {error}"))
+            .and_then(|result| result.map_err(|error| format!("packing the {} layer: {error}", kind.folder())));
+        let stored = match packed {
+            Ok(()) => self
+                .store
+                .put_file(&layer_key(kind, key), &tar_path)
+                .await
+                .map_err(|error: ArtifactStoreError| format!("storing the {} layer: {error}", kind.folder())),
+            Err(message) => Err(message),
+        };
+        let _ = std::fs::remove_file(&tar_path);
+        stored?;
+        let target = self.layers_dir.join(kind.folder()).join(key);
+        std::fs::create_dir_all(target.parent().expect("layer folder has a parent"))
+            .map_err(|error| format!("creating the layers folder: {error}"))?;
+        match std::fs::rename(staging, &target) {
+            Ok(()) => Ok(()),
+            Err(_) if target.is_dir() => {
+                let _ = std::fs::remove_dir_all(staging);
+                Ok(())
             }
-            let manifest = ArtifactManifest {
-                build_key: key.to_string(),
-                template: template.spec.name.clone(),
-                entry: entry.to_string(),
-            };
-            let manifest_json = serde_json::to_vec_pretty(&manifest).map_err(|error| error.to_string())?;
-            std::fs::write(staging.join("artifact.json"), manifest_json)
-                .map_err(|error| format!("writing artifact.json failed: {error}"))?;
-            std::fs::rename(&staging, self.artifact_dir(key))
-                .map_err(|error| format!("moving the artifact into place failed: {error}"))?;
-            Ok(())
-        })();
-        match result {
-            Ok(()) => Ok(log),
-            Err(message) => {
-                let _ = std::fs::remove_dir_all(&staging);
-                log.push_str(&message);
-                log.push('\n');
-                Err(log)
-            }
+            Err(error) => Err(format!("moving the {} layer into place: {error}", kind.folder())),
         }
     }
 
-    /// Loads an artifact if it is on disk. A previously failed build of the
-    /// same key is returned as `build_failed`.
-    fn load(&self, key: &str) -> Result<Option<Artifact>, ApiError> {
-        let dir = self.artifact_dir(key);
-        let manifest_path = dir.join("artifact.json");
-        match std::fs::read(&manifest_path) {
-            Ok(bytes) => {
-                let manifest: ArtifactManifest = serde_json::from_slice(&bytes).map_err(|error| {
-                    ApiError::internal(anyhow::anyhow!("reading {}: {error}", manifest_path.display()))
-                })?;
-                Ok(Some(Artifact { manifest, code_dir: dir.join("code") }))
+    /// Records that an artifact and its layers were used at `now`, which
+    /// restarts their retention period. Writes at most once an hour per key.
+    pub fn record_use(&self, manifest: &ArtifactManifest, now: u64) -> Result<(), ApiError> {
+        let due: Vec<String> = {
+            let mut recorded = self.recorded_uses.lock().expect("recorded uses poisoned");
+            manifest
+                .object_keys()
+                .into_iter()
+                .filter(|key| {
+                    let due = recorded.get(key).is_none_or(|last| now.saturating_sub(*last) >= USE_RECORD_INTERVAL_MS);
+                    if due {
+                        recorded.insert(key.clone(), now);
+                    }
+                    due
+                })
+                .collect()
+        };
+        if !due.is_empty() {
+            self.metadata.record_uses(&due, now)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes artifacts and layers not used since `now - retention`, from
+    /// the store and from local disk. Returns the build keys removed.
+    pub async fn collect_garbage(&self, now: u64, retention: Duration) -> Result<Vec<String>, ApiError> {
+        let cutoff = now.saturating_sub(retention.as_millis() as u64);
+        let mut removed_builds = Vec::new();
+        // Manifests first, so no manifest ever names a deleted layer.
+        let mut expired = self.metadata.uses_before(cutoff)?;
+        expired.sort_by_key(|key| !key.starts_with("artifacts/"));
+        for key in expired {
+            self.store.delete(&key).await.map_err(ApiError::internal)?;
+            if let Some(build_key) = key.strip_prefix("artifacts/").and_then(|rest| rest.strip_suffix(".json")) {
+                removed_builds.push(build_key.to_string());
+            } else if let Some(layer) = key.strip_prefix("layers/").and_then(|rest| rest.strip_suffix(".tar")) {
+                let dir = self.layers_dir.join(layer);
+                if let Err(error) = std::fs::remove_dir_all(&dir) {
+                    if error.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(dir = %dir.display(), %error, "removing an expired layer failed");
+                    }
+                }
             }
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => match self.store.build(key)? {
-                Some(record) if !record.succeeded => Err(build_failed(&record.log)),
-                _ => Ok(None),
-            },
-            Err(error) => Err(ApiError::internal(anyhow::anyhow!("reading {}: {error}", manifest_path.display()))),
+            self.metadata.remove_use(&key)?;
+            self.recorded_uses.lock().expect("recorded uses poisoned").remove(&key);
+            tracing::info!(object = %key, "removed after the retention period");
+        }
+        Ok(removed_builds)
+    }
+}
+
+/// The dependency layer key: a hash of the template and the bytes of its
+/// dependency files, or None when the template has none or the upload lacks
+/// the dependency file.
+fn dependency_layer_key(input: &BuildInput<'_>) -> Result<Option<String>, String> {
+    let Some(spec) = &input.template.spec.dependencies else {
+        return Ok(None);
+    };
+    if !input.source_dir.join(&spec.file).is_file() {
+        return Ok(None);
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(b"kubefaas-dependencies-1");
+    hasher.update(input.template.spec.name.as_bytes());
+    hasher.update(input.template.digest.as_bytes());
+    for file in std::iter::once(&spec.file).chain(&spec.lock_files) {
+        hasher.update((file.len() as u64).to_be_bytes());
+        hasher.update(file.as_bytes());
+        match std::fs::read(input.source_dir.join(file)) {
+            Ok(bytes) => {
+                hasher.update((bytes.len() as u64).to_be_bytes());
+                hasher.update(&bytes);
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => hasher.update(b"absent"),
+            Err(error) => return Err(format!("reading {file}: {error}")),
         }
     }
+    Ok(Some(hex::encode(hasher.finalize())))
+}
+
+fn append_log(log_path: &Path, text: &str) {
+    use std::io::Write;
+    if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(log_path) {
+        let _ = file.write_all(text.as_bytes());
+    }
+}
+
+/// Keeps the first and last half of a log over [`MAX_LOG_BYTES`].
+fn bound_log(log: String) -> String {
+    if log.len() <= MAX_LOG_BYTES {
+        return log;
+    }
+    let mut head_end = MAX_LOG_BYTES / 2;
+    while !log.is_char_boundary(head_end) {
+        head_end -= 1;
+    }
+    let tail = tail_of(&log, MAX_LOG_BYTES / 2);
+    format!("{}\n[... {} bytes of the log left out ...]\n{tail}", &log[..head_end], log.len() - head_end - tail.len())
 }
 
 fn build_failed(log: &str) -> ApiError {
     let tail = tail_of(log, LOG_TAIL_BYTES);
-    let last_line = tail.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or("no output");
-    ApiError::new(ErrorKind::BuildFailed, format!("the build failed: {last_line}")).with("log_tail", tail)
+    let reason = tail
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| line.starts_with("ERROR") || line.starts_with("npm ERR!") || line.starts_with("npm error"))
+        .or_else(|| tail.lines().rev().map(str::trim).find(|line| !line.is_empty()))
+        .unwrap_or("no output");
+    ApiError::new(ErrorKind::BuildFailed, format!("the build failed: {reason}")).with("log_tail", tail)
 }
 
 /// Returns the last `max` bytes of `text`, cut at a character boundary.
@@ -205,25 +560,6 @@ pub fn tail_of(text: &str, max: usize) -> String {
     text[start..].to_string()
 }
 
-/// Copies a folder, hard-linking files where the filesystem allows it.
-/// Returns the number of files.
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<u64> {
-    std::fs::create_dir_all(to)?;
-    let mut count = 0;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let (source, target) = (entry.path(), to.join(entry.file_name()));
-        let file_type = entry.file_type()?;
-        if file_type.is_dir() {
-            count += copy_tree(&source, &target)?;
-        } else if file_type.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(&source)?, &target)?;
-        } else {
-            if std::fs::hard_link(&source, &target).is_err() {
-                std::fs::copy(&source, &target)?;
-            }
-            count += 1;
-        }
-    }
-    Ok(count)
+fn short(key: &str) -> &str {
+    &key[..key.len().min(12)]
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Deserialize;
 
 use super::{Controller, validate_name};
-use crate::builder::{BuildOutcome, build_key};
+use crate::builder::{BuildInput, BuildOutcome, Progress, build_key};
 use crate::error::{ApiError, ErrorKind};
 use crate::store::{BuildRecord, ScriptVersion, now_ms};
 use crate::templates::Template;
@@ -42,7 +42,7 @@ impl Controller {
     /// Deploys an upload as the script's new current version. A version
     /// whose build fails stays current, so invoking it gives `build_failed`
     /// until a fixed version is deployed.
-    pub async fn deploy(&self, request: DeployRequest) -> Result<Deployed, ApiError> {
+    pub async fn deploy(&self, request: DeployRequest, progress: Progress) -> Result<Deployed, ApiError> {
         validate_name(&request.name)?;
         let max_bytes = self.config.max_script_bytes;
         if request.content_length.is_some_and(|length| length > max_bytes) {
@@ -52,14 +52,14 @@ impl Controller {
         let work_dir = self.paths.temp().join(format!("upload-{}-{upload_id}", std::process::id()));
         std::fs::create_dir_all(&work_dir)
             .map_err(|error| ApiError::internal(anyhow::anyhow!("creating {}: {error}", work_dir.display())))?;
-        let result = self.deploy_in(&work_dir, request).await;
+        let result = self.deploy_in(&work_dir, request, &progress).await;
         if let Err(error) = std::fs::remove_dir_all(&work_dir) {
             tracing::warn!(dir = %work_dir.display(), %error, "removing upload folder failed");
         }
         result
     }
 
-    async fn deploy_in(&self, work_dir: &Path, request: DeployRequest) -> Result<Deployed, ApiError> {
+    async fn deploy_in(&self, work_dir: &Path, request: DeployRequest, progress: &Progress) -> Result<Deployed, ApiError> {
         let max_bytes = self.config.max_script_bytes;
         let received = work_dir.join("upload");
         receive_body(request.body, &received, max_bytes).await?;
@@ -97,7 +97,7 @@ impl Controller {
         })?;
         tracing::info!(script = %version.name, version = version.version, build_key = %version.build_key, "version deployed");
 
-        let built = self.builder_ensure(&version, template, &source_dir).await;
+        let built = self.builder_ensure(&version, template, &source_dir, progress).await;
         let build = self.store.build(&version.build_key)?;
         match built {
             Ok(outcome) => Ok(Deployed { version, outcome, build }),
@@ -110,8 +110,16 @@ impl Controller {
         version: &ScriptVersion,
         template: &Template,
         source_dir: &Path,
+        progress: &Progress,
     ) -> Result<BuildOutcome, ApiError> {
-        let (artifact, outcome) = self.builder.ensure(&version.build_key, template, &version.entry, source_dir).await?;
+        let input = BuildInput {
+            key: &version.build_key,
+            template,
+            entry: &version.entry,
+            source_dir,
+            source_hash: &version.source_hash,
+        };
+        let (artifact, outcome) = self.builder.ensure(&input, true, progress).await?;
         self.artifacts.lock().expect("artifacts poisoned").insert(version.build_key.clone(), artifact);
         Ok(outcome)
     }

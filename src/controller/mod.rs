@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::builder::{Artifact, Builder};
+use crate::builder::{Artifact, BuildInput, Builder};
 use crate::config::Config;
 use crate::error::{ApiError, ErrorKind};
 use crate::runtime::logs::{LogBuffer, LogLine};
@@ -33,8 +33,13 @@ impl DataPaths {
     pub fn sources(&self) -> PathBuf {
         self.root.join("sources")
     }
-    pub fn artifacts(&self) -> PathBuf {
-        self.root.join("artifacts")
+    /// Unpacked layers that instances run from.
+    pub fn layers(&self) -> PathBuf {
+        self.root.join("layers")
+    }
+    /// The default artifact store: layer tars and artifact manifests.
+    pub fn artifact_store(&self) -> PathBuf {
+        self.root.join("store")
     }
     pub fn templates(&self) -> PathBuf {
         self.root.join("templates")
@@ -64,9 +69,9 @@ impl Controller {
         paths: DataPaths,
         store: Arc<Store>,
         templates: Templates,
+        builder: Builder,
         runtime: Arc<dyn Runtime>,
     ) -> Controller {
-        let builder = Builder::new(paths.artifacts(), paths.temp(), store.clone());
         Controller {
             config,
             paths,
@@ -144,10 +149,35 @@ impl Controller {
             return Ok(artifact.clone());
         }
         let template = self.template(&version.template)?;
-        let source = self.paths.sources().join(&version.source_hash);
-        let (artifact, _) = self.builder.ensure(&version.build_key, template, &version.entry, &source).await?;
+        let source_dir = self.paths.sources().join(&version.source_hash);
+        let input = BuildInput {
+            key: &version.build_key,
+            template,
+            entry: &version.entry,
+            source_dir: &source_dir,
+            source_hash: &version.source_hash,
+        };
+        let (artifact, _) = self.builder.ensure(&input, false, &None).await?;
         self.artifacts.lock().expect("artifacts poisoned").insert(version.build_key.clone(), artifact.clone());
         Ok(artifact)
+    }
+
+    /// Deletes artifacts and layers unused for the retention period, now
+    /// and then every hour.
+    pub async fn run_garbage_collector(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            ticker.tick().await;
+            match self.builder.collect_garbage(crate::store::now_ms(), self.config.retention()).await {
+                Ok(removed) => {
+                    let mut artifacts = self.artifacts.lock().expect("artifacts poisoned");
+                    for key in removed {
+                        artifacts.remove(&key);
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "garbage collection failed"),
+            }
+        }
     }
 
     /// Invokes a script's current version with `data`.
@@ -163,7 +193,7 @@ impl Controller {
             build_key: version.build_key.clone(),
             interpreter,
             args,
-            env: template.spec.run.env.clone(),
+            env: template.run_env(&artifact.dependencies_dir),
             code_dir: artifact.code_dir.clone(),
             entry: artifact.manifest.entry.clone(),
             logs: self.log_buffer(name),

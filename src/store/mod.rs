@@ -12,6 +12,8 @@ const SCRIPTS: TableDefinition<&str, &[u8]> = TableDefinition::new("scripts");
 /// versions sort together and in order.
 const VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("versions");
 const BUILDS: TableDefinition<&str, &[u8]> = TableDefinition::new("builds");
+/// When each artifact-store object was last used, in ms since the epoch.
+const USES: TableDefinition<&str, u64> = TableDefinition::new("uses");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -82,6 +84,7 @@ impl Store {
         txn.open_table(SCRIPTS)?;
         txn.open_table(VERSIONS)?;
         txn.open_table(BUILDS)?;
+        txn.open_table(USES)?;
         txn.commit()?;
         Ok(Store { db })
     }
@@ -160,6 +163,39 @@ impl Store {
     pub fn put_build(&self, record: &BuildRecord) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         txn.open_table(BUILDS)?.insert(record.key.as_str(), serde_json::to_vec(record)?.as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn record_uses(&self, keys: &[String], now_ms: u64) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut uses = txn.open_table(USES)?;
+            for key in keys {
+                uses.insert(key.as_str(), now_ms)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The keys last used before `cutoff_ms`.
+    pub fn uses_before(&self, cutoff_ms: u64) -> Result<Vec<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let uses = txn.open_table(USES)?;
+        let mut keys = Vec::new();
+        for entry in uses.iter()? {
+            let (key, last_used) = entry?;
+            if last_used.value() < cutoff_ms {
+                keys.push(key.value().to_string());
+            }
+        }
+        Ok(keys)
+    }
+
+    pub fn remove_use(&self, key: &str) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(USES)?.remove(key)?;
         txn.commit()?;
         Ok(())
     }

@@ -39,11 +39,28 @@ pub struct TemplateSpec {
     pub extensions: Vec<String>,
     /// The file the shim loads, relative to the script's folder.
     pub entry: String,
-    pub dependency_file: Option<String>,
     /// The shim's file name inside the template folder.
     pub shim: String,
     pub interpreter: InterpreterSpec,
+    pub dependencies: Option<DependencySpec>,
     pub run: RunSpec,
+}
+
+/// How the dependency layer is built. The layer's key is a hash of the
+/// template and the bytes of `file` and `lock_files`, so scripts with the
+/// same dependency files share one layer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DependencySpec {
+    /// The dependency file; without it in the upload, no layer is built.
+    pub file: String,
+    /// Files that pin versions, used when present.
+    #[serde(default)]
+    pub lock_files: Vec<String>,
+    /// Commands run in order inside the empty layer folder, which holds
+    /// copies of the dependency files. `{interpreter}` becomes the resolved
+    /// interpreter.
+    pub steps: Vec<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -61,6 +78,8 @@ pub struct InterpreterSpec {
 pub struct RunSpec {
     /// Arguments after the interpreter; `{shim}` becomes the shim's path.
     pub args: Vec<String>,
+    /// Environment of every instance; `{dependencies}` becomes the folder of
+    /// the dependency layer (an empty folder when there is none).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
 }
@@ -83,6 +102,23 @@ impl Template {
         let shim = self.shim_path.to_string_lossy();
         let args = self.spec.run.args.iter().map(|arg| arg.replace("{shim}", &shim)).collect();
         (self.interpreter.clone(), args)
+    }
+
+    /// The environment of an instance whose dependency layer is at `dependencies`.
+    pub fn run_env(&self, dependencies: &Path) -> BTreeMap<String, String> {
+        let dependencies = dependencies.to_string_lossy();
+        self.spec
+            .run
+            .env
+            .iter()
+            .map(|(key, value)| (key.clone(), value.replace("{dependencies}", &dependencies)))
+            .collect()
+    }
+
+    /// A dependency step with `{interpreter}` replaced.
+    pub fn step_command(&self, step: &[String]) -> Vec<String> {
+        let interpreter = self.interpreter.to_string_lossy();
+        step.iter().map(|part| part.replace("{interpreter}", &interpreter)).collect()
     }
 }
 
