@@ -1,0 +1,238 @@
+//! Build tests: real dependencies from PyPI and npm, the layered cache, and
+//! failed builds, through the real server.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::Server;
+use serde_json::json;
+
+/// Writes a folder with the given files and returns its path.
+fn script_folder(root: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = root.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (file, contents) in files {
+        std::fs::write(dir.join(file), contents).unwrap();
+    }
+    dir
+}
+
+fn deploy(server: &Server, dir: &Path, name: &str) -> (u16, serde_json::Value) {
+    let mut archive = tar::Builder::new(Vec::new());
+    archive.append_dir_all(".", dir).unwrap();
+    let response = server
+        .http()
+        .put(format!("{}/v1/scripts/{name}", server.url))
+        .header("content-type", "application/x-tar")
+        .body(archive.into_inner().unwrap())
+        .send()
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().unwrap())
+}
+
+/// A template whose dependency step appends a line to `counter`, so a test
+/// can count how often the step ran. It reuses the python shim.
+fn counting_templates(root: &Path, counter: &Path) -> PathBuf {
+    let dir = root.join("templates/counting");
+    std::fs::create_dir_all(&dir).unwrap();
+    let shim = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/python/shim.py")).unwrap();
+    std::fs::write(dir.join("shim.py"), shim).unwrap();
+    let description = format!(
+        r#"name = "counting"
+version = "1"
+extensions = ["count"]
+entry = "handler.py"
+shim = "shim.py"
+
+[interpreter]
+command = "python3"
+resolve = ["-c", "import sys; print(sys.executable)"]
+
+[dependencies]
+file = "deps.txt"
+steps = [["sh", "-c", "echo step >> {counter} && mkdir -p lib && sed 's/^/VALUE = /' deps.txt > lib/deps.py"]]
+
+[run]
+args = ["-u", "{{shim}}"]
+env = {{ PYTHONPATH = "{{dependencies}}/lib" }}
+"#,
+        counter = counter.display()
+    );
+    std::fs::write(dir.join("template.toml"), description).unwrap();
+    root.join("templates")
+}
+
+const COUNTING_HANDLER: &str = "\
+import deps
+def handle(data):
+    data['payload'] = f'{PREFIX}{deps.VALUE}'
+    return data
+";
+
+fn counting_handler(prefix: &str) -> String {
+    COUNTING_HANDLER.replace("{PREFIX}", prefix)
+}
+
+fn step_runs(counter: &Path) -> usize {
+    std::fs::read_to_string(counter).map(|text| text.lines().count()).unwrap_or(0)
+}
+
+#[test]
+fn python_dependency_from_pypi() {
+    let server = Server::start();
+    let temp = tempfile::tempdir().unwrap();
+    let handler = "\
+from tabulate import tabulate
+import json
+def handle(data):
+    rows = json.loads(data['payload'])
+    data['payload'] = tabulate(rows, headers='keys', tablefmt='github')
+    return data
+";
+    let dir = script_folder(temp.path(), "table", &[("handler.py", handler), ("requirements.txt", "tabulate==0.9.0\n")]);
+    let (status, body) = deploy(&server, &dir, "table");
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = server.invoke("table", json!({"payload": "[{\"sku\": \"A-1\", \"qty\": 2}]"}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["payload"], "| sku   |   qty |\n|-------|-------|\n| A-1   |     2 |");
+    let log = server.cli_ok(&["logs", "table", "--build"]);
+    assert!(log.contains("Successfully installed tabulate-0.9.0"), "{log}");
+}
+
+#[test]
+fn node_dependency_from_npm() {
+    let server = Server::start();
+    let temp = tempfile::tempdir().unwrap();
+    let index = "\
+const isNumber = require('is-number');
+module.exports = async (data) => {
+  data.payload = JSON.stringify(JSON.parse(data.payload).map((value) => isNumber(value)));
+  return data;
+};
+";
+    let package = r#"{"name": "checks", "version": "1.0.0", "dependencies": {"is-number": "7.0.0"}}"#;
+    let dir = script_folder(temp.path(), "checks", &[("index.js", index), ("package.json", package)]);
+    let (status, body) = deploy(&server, &dir, "checks");
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = server.invoke("checks", json!({"payload": "[1, \"2\", \"x\", null]"}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["payload"], "[true,true,false,false]");
+}
+
+#[test]
+fn cache_hit_runs_no_build_step() {
+    let temp = tempfile::tempdir().unwrap();
+    let counter = temp.path().join("counter");
+    let templates = counting_templates(temp.path(), &counter);
+    let server = Server::builder().arg("--templates").arg(templates.to_str().unwrap()).start();
+    let dir = script_folder(temp.path(), "app", &[("handler.py", &counting_handler("a:")), ("deps.txt", "1"), ("kubefaas.toml", "template = \"counting\"\n")]);
+
+    let (status, body) = deploy(&server, &dir, "first");
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["build"]["outcome"], "built");
+    assert_eq!(step_runs(&counter), 1);
+
+    for name in ["second", "first"] {
+        let (status, body) = deploy(&server, &dir, name);
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(body["build"]["outcome"], "cache_hit", "{name}");
+    }
+    assert_eq!(step_runs(&counter), 1, "a cache hit runs no build step");
+    assert_eq!(server.invoke("second", json!({})).1["payload"], "a:1");
+}
+
+#[test]
+fn code_change_reuses_dependency_layer() {
+    let temp = tempfile::tempdir().unwrap();
+    let counter = temp.path().join("counter");
+    let templates = counting_templates(temp.path(), &counter);
+    let server = Server::builder().arg("--templates").arg(templates.to_str().unwrap()).start();
+
+    let dir = script_folder(temp.path(), "app", &[("handler.py", &counting_handler("a:")), ("deps.txt", "1"), ("kubefaas.toml", "template = \"counting\"\n")]);
+    assert_eq!(deploy(&server, &dir, "app").0, 201);
+    assert_eq!(server.invoke("app", json!({})).1["payload"], "a:1");
+
+    let dir = script_folder(temp.path(), "app", &[("handler.py", &counting_handler("b:")), ("deps.txt", "1"), ("kubefaas.toml", "template = \"counting\"\n")]);
+    let (status, body) = deploy(&server, &dir, "app");
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["build"]["outcome"], "built");
+    assert_eq!(step_runs(&counter), 1, "a code-only change reuses the dependency layer");
+    assert_eq!(server.invoke("app", json!({})).1["payload"], "b:1");
+    let log = server.cli_ok(&["logs", "app", "--build"]);
+    assert!(log.contains("dependencies: layer") && log.contains("reused"), "{log}");
+
+    // Another script with the same dependency file shares the layer.
+    let other = script_folder(temp.path(), "other", &[("handler.py", &counting_handler("c:")), ("deps.txt", "1"), ("kubefaas.toml", "template = \"counting\"\n")]);
+    assert_eq!(deploy(&server, &other, "other").0, 201);
+    assert_eq!(step_runs(&counter), 1, "scripts with the same dependencies share the layer");
+
+    let dir = script_folder(temp.path(), "app", &[("handler.py", &counting_handler("b:")), ("deps.txt", "2"), ("kubefaas.toml", "template = \"counting\"\n")]);
+    assert_eq!(deploy(&server, &dir, "app").0, 201);
+    assert_eq!(step_runs(&counter), 2, "a changed dependency file rebuilds the layer");
+    assert_eq!(server.invoke("app", json!({})).1["payload"], "b:2");
+}
+
+#[test]
+fn concurrent_deploys_build_once() {
+    let temp = tempfile::tempdir().unwrap();
+    let counter = temp.path().join("counter");
+    let templates = counting_templates(temp.path(), &counter);
+    let server = Server::builder().arg("--templates").arg(templates.to_str().unwrap()).start();
+    let dir = script_folder(temp.path(), "app", &[("handler.py", &counting_handler("x:")), ("deps.txt", "7"), ("kubefaas.toml", "template = \"counting\"\n")]);
+    let outcomes: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..6)
+            .map(|i| {
+                let (server, dir) = (&server, &dir);
+                scope.spawn(move || {
+                    let (status, body) = deploy(server, dir, &format!("copy-{i}"));
+                    assert_eq!(status, 201, "{body}");
+                    body["build"]["outcome"].as_str().unwrap().to_string()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|handle| handle.join().unwrap()).collect()
+    });
+    assert_eq!(step_runs(&counter), 1, "one build for six concurrent deploys");
+    assert_eq!(outcomes.iter().filter(|outcome| *outcome == "built").count(), 1, "{outcomes:?}");
+    for i in 0..6 {
+        assert_eq!(server.invoke(&format!("copy-{i}"), json!({})).1["payload"], "x:7");
+    }
+}
+
+#[test]
+fn broken_dependency_file_fails_the_build() {
+    let server = Server::start();
+    let temp = tempfile::tempdir().unwrap();
+    let dir = script_folder(
+        temp.path(),
+        "broken-deps",
+        &[("handler.py", "def handle(data):\n    return data\n"), ("requirements.txt", "kubefaas-no-such-package-xyz==1.0\n")],
+    );
+    let (status, body) = deploy(&server, &dir, "broken-deps");
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["kind"], "build_failed");
+    let tail = body["error"]["log_tail"].as_str().unwrap();
+    assert!(tail.contains("No matching distribution found for kubefaas-no-such-package-xyz==1.0"), "{tail}");
+    assert!(body["error"]["message"].as_str().unwrap().starts_with("the build failed: ERROR:"), "{body}");
+
+    let (status, body) = server.invoke("broken-deps", json!({}));
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["kind"], "build_failed");
+
+    let log = server.cli_ok(&["logs", "broken-deps", "--build"]);
+    assert!(log.contains("$ ") && log.contains("pip install"), "the whole log has the step: {log}");
+
+    let output = server.cli(&["deploy", dir.to_str().unwrap()]);
+    assert!(!output.status.success(), "deploy exits non-zero on a failed build");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("build_failed") && stderr.contains("No matching distribution"), "{stderr}");
+
+    let leftovers: Vec<_> = std::fs::read_dir(server.data_dir.join("tmp")).unwrap().flatten().map(|entry| entry.path()).collect();
+    assert!(leftovers.is_empty(), "a failed build leaves nothing behind: {leftovers:?}");
+    let dependency_layers = server.data_dir.join("layers/dependencies");
+    let layers: Vec<_> = std::fs::read_dir(&dependency_layers).map(|dir| dir.flatten().count()).into_iter().collect();
+    assert!(layers.iter().all(|count| *count == 0), "no half-built dependency layer: {layers:?}");
+}
