@@ -8,6 +8,10 @@ missing_packages=()
 command -v python3 >/dev/null 2>&1 || missing_packages+=(python3)
 command -v node >/dev/null 2>&1 || missing_packages+=(nodejs)
 command -v cc >/dev/null 2>&1 || missing_packages+=(gcc)
+command -v npm >/dev/null 2>&1 || missing_packages+=(npm)
+if [ "${1:-}" = "--tests" ] && ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then
+  missing_packages+=(python3-venv)
+fi
 
 if [ "${#missing_packages[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
@@ -24,7 +28,18 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-if [ "${1:-}" = "--tests" ] && ! cargo nextest --version >/dev/null 2>&1; then
-  echo "installing cargo-nextest" >&2
-  cargo install cargo-nextest --locked
+if [ "${1:-}" = "--tests" ]; then
+  if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "installing cargo-nextest" >&2
+    cargo install cargo-nextest --locked
+  fi
+  # The S3 tests run against moto's S3-compatible server, from PyPI, in
+  # its own virtual environment.
+  moto_dir="$HOME/.cache/kubefaas/test-tools/moto"
+  if [ ! -x "$moto_dir/bin/moto_server" ]; then
+    echo "installing moto's S3 server into $moto_dir" >&2
+    rm -rf "$moto_dir"
+    python3 -m venv "$moto_dir"
+    "$moto_dir/bin/pip" install --quiet --disable-pip-version-check "moto[server]==5.2.5"
+  fi
 fi

@@ -5,7 +5,32 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::Server;
+use common::{S3Server, Server, ServerBuilder};
+
+/// Where the server under test stores its artifacts.
+#[derive(Clone, Copy, Debug)]
+enum StoreKind {
+    Local,
+    S3,
+}
+
+/// Starts a server with the counting template and the given artifact
+/// store; the S3 server, if any, must outlive the returned server.
+fn start_counting_server(store: StoreKind, templates: &Path) -> (Option<S3Server>, Server) {
+    let builder = Server::builder().arg("--templates").arg(templates.to_str().unwrap());
+    match store {
+        StoreKind::Local => (None, builder.start()),
+        StoreKind::S3 => {
+            let s3 = S3Server::start();
+            let server = with_s3(builder, &s3).start();
+            (Some(s3), server)
+        }
+    }
+}
+
+fn with_s3(builder: ServerBuilder, s3: &S3Server) -> ServerBuilder {
+    builder.config(&s3.config()).env("AWS_ACCESS_KEY_ID", "test").env("AWS_SECRET_ACCESS_KEY", "test")
+}
 use serde_json::json;
 
 /// Writes a folder with the given files and returns its path.
@@ -123,11 +148,20 @@ module.exports = async (data) => {
 }
 
 #[test]
-fn cache_hit_runs_no_build_step() {
+fn cache_hit_runs_no_build_step_local() {
+    cache_hit_runs_no_build_step(StoreKind::Local);
+}
+
+#[test]
+fn cache_hit_runs_no_build_step_s3() {
+    cache_hit_runs_no_build_step(StoreKind::S3);
+}
+
+fn cache_hit_runs_no_build_step(store: StoreKind) {
     let temp = tempfile::tempdir().unwrap();
     let counter = temp.path().join("counter");
     let templates = counting_templates(temp.path(), &counter);
-    let server = Server::builder().arg("--templates").arg(templates.to_str().unwrap()).start();
+    let (_s3, server) = start_counting_server(store, &templates);
     let dir = script_folder(temp.path(), "app", &[("handler.py", &counting_handler("a:")), ("deps.txt", "1"), ("kubefaas.toml", "template = \"counting\"\n")]);
 
     let (status, body) = deploy(&server, &dir, "first");
@@ -145,11 +179,20 @@ fn cache_hit_runs_no_build_step() {
 }
 
 #[test]
-fn code_change_reuses_dependency_layer() {
+fn code_change_reuses_dependency_layer_local() {
+    code_change_reuses_dependency_layer(StoreKind::Local);
+}
+
+#[test]
+fn code_change_reuses_dependency_layer_s3() {
+    code_change_reuses_dependency_layer(StoreKind::S3);
+}
+
+fn code_change_reuses_dependency_layer(store: StoreKind) {
     let temp = tempfile::tempdir().unwrap();
     let counter = temp.path().join("counter");
     let templates = counting_templates(temp.path(), &counter);
-    let server = Server::builder().arg("--templates").arg(templates.to_str().unwrap()).start();
+    let (_s3, server) = start_counting_server(store, &templates);
 
     let dir = script_folder(temp.path(), "app", &[("handler.py", &counting_handler("a:")), ("deps.txt", "1"), ("kubefaas.toml", "template = \"counting\"\n")]);
     assert_eq!(deploy(&server, &dir, "app").0, 201);
@@ -176,11 +219,20 @@ fn code_change_reuses_dependency_layer() {
 }
 
 #[test]
-fn concurrent_deploys_build_once() {
+fn concurrent_deploys_build_once_local() {
+    concurrent_deploys_build_once(StoreKind::Local);
+}
+
+#[test]
+fn concurrent_deploys_build_once_s3() {
+    concurrent_deploys_build_once(StoreKind::S3);
+}
+
+fn concurrent_deploys_build_once(store: StoreKind) {
     let temp = tempfile::tempdir().unwrap();
     let counter = temp.path().join("counter");
     let templates = counting_templates(temp.path(), &counter);
-    let server = Server::builder().arg("--templates").arg(templates.to_str().unwrap()).start();
+    let (_s3, server) = start_counting_server(store, &templates);
     let dir = script_folder(temp.path(), "app", &[("handler.py", &counting_handler("x:")), ("deps.txt", "7"), ("kubefaas.toml", "template = \"counting\"\n")]);
     let outcomes: Vec<String> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..6)
@@ -203,8 +255,21 @@ fn concurrent_deploys_build_once() {
 }
 
 #[test]
-fn broken_dependency_file_fails_the_build() {
-    let server = Server::start();
+fn broken_dependency_file_fails_the_build_local() {
+    broken_dependency_file_fails_the_build(StoreKind::Local);
+}
+
+#[test]
+fn broken_dependency_file_fails_the_build_s3() {
+    broken_dependency_file_fails_the_build(StoreKind::S3);
+}
+
+fn broken_dependency_file_fails_the_build(store: StoreKind) {
+    let s3 = matches!(store, StoreKind::S3).then(S3Server::start);
+    let server = match &s3 {
+        Some(s3) => with_s3(Server::builder(), s3).start(),
+        None => Server::start(),
+    };
     let temp = tempfile::tempdir().unwrap();
     let dir = script_folder(
         temp.path(),
@@ -235,4 +300,33 @@ fn broken_dependency_file_fails_the_build() {
     let dependency_layers = server.data_dir.join("layers/dependencies");
     let layers: Vec<_> = std::fs::read_dir(&dependency_layers).map(|dir| dir.flatten().count()).into_iter().collect();
     assert!(layers.iter().all(|count| *count == 0), "no half-built dependency layer: {layers:?}");
+    if let Some(s3) = &s3 {
+        let keys = s3.keys();
+        assert!(keys.iter().all(|key| !key.starts_with("artifacts/")), "no manifest for a failed build: {keys:?}");
+    }
+}
+
+#[test]
+fn s3_store_serves_a_second_server_without_building() {
+    let temp = tempfile::tempdir().unwrap();
+    let counter = temp.path().join("counter");
+    let templates = counting_templates(temp.path(), &counter);
+    let s3 = S3Server::start();
+    let dir = script_folder(temp.path(), "app", &[("handler.py", &counting_handler("s3:")), ("deps.txt", "5"), ("kubefaas.toml", "template = \"counting\"\n")]);
+
+    let first = with_s3(Server::builder().arg("--templates").arg(templates.to_str().unwrap()), &s3).start();
+    assert_eq!(deploy(&first, &dir, "app").0, 201);
+    drop(first);
+    let keys = s3.keys();
+    assert_eq!(keys.iter().filter(|key| key.starts_with("artifacts/")).count(), 1, "{keys:?}");
+    assert_eq!(keys.iter().filter(|key| key.starts_with("layers/dependencies/")).count(), 1, "{keys:?}");
+    assert_eq!(keys.iter().filter(|key| key.starts_with("layers/code/")).count(), 1, "{keys:?}");
+
+    // A second server with an empty data dir downloads the layers instead of building.
+    let second = with_s3(Server::builder().arg("--templates").arg(templates.to_str().unwrap()), &s3).start();
+    let (status, body) = deploy(&second, &dir, "app");
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["build"]["outcome"], "cache_hit");
+    assert_eq!(step_runs(&counter), 1);
+    assert_eq!(second.invoke("app", json!({})).1["payload"], "s3:5");
 }

@@ -21,6 +21,7 @@ pub struct Server {
 
 pub struct ServerBuilder {
     args: Vec<String>,
+    envs: Vec<(String, String)>,
     data_dir: Option<PathBuf>,
     config: Option<String>,
 }
@@ -28,6 +29,11 @@ pub struct ServerBuilder {
 impl ServerBuilder {
     pub fn arg(mut self, arg: &str) -> Self {
         self.args.push(arg.to_string());
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.envs.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -54,6 +60,7 @@ impl ServerBuilder {
         }
         let mut child = command
             .env("RUST_LOG", "info")
+            .envs(self.envs.iter().map(|(key, value)| (key, value)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -72,7 +79,7 @@ impl ServerBuilder {
 
 impl Server {
     pub fn builder() -> ServerBuilder {
-        ServerBuilder { args: Vec::new(), data_dir: None, config: None }
+        ServerBuilder { args: Vec::new(), envs: Vec::new(), data_dir: None, config: None }
     }
 
     pub fn start() -> Server {
@@ -222,4 +229,69 @@ pub fn child_pids(pid: u32) -> Vec<u32> {
 
 pub fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
+}
+
+/// A real S3-compatible server (moto's, from PyPI) on a free loopback port,
+/// with one empty bucket. `scripts/setup.sh --tests` installs it.
+pub struct S3Server {
+    pub endpoint: String,
+    pub bucket: String,
+    child: Child,
+}
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        let program = std::env::var("KUBEFAAS_MOTO_SERVER").unwrap_or_else(|_| {
+            let home = std::env::var("HOME").expect("HOME is set");
+            format!("{home}/.cache/kubefaas/test-tools/moto/bin/moto_server")
+        });
+        assert!(
+            Path::new(&program).is_file(),
+            "the S3 test server {program} is missing: run scripts/setup.sh --tests (or set KUBEFAAS_MOTO_SERVER)"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(&program)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the S3 test server");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let server = S3Server { endpoint, bucket: "kubefaas-test".into(), child };
+        let client = reqwest::blocking::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            // moto accepts unsigned requests, so a plain PUT creates the bucket.
+            match client.put(format!("{}/{}", server.endpoint, server.bucket)).send() {
+                Ok(response) if response.status().is_success() => break,
+                Ok(response) => panic!("creating the test bucket failed: {}", response.status()),
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                Err(error) => panic!("the S3 test server did not start: {error}"),
+            }
+        }
+        server
+    }
+
+    /// The server config that points kubefaas at this bucket.
+    pub fn config(&self) -> String {
+        format!(
+            "[artifact_store]\nkind = \"s3\"\nbucket = \"{}\"\nendpoint = \"{}\"\n",
+            self.bucket, self.endpoint
+        )
+    }
+
+    /// Keys of all objects in the bucket.
+    pub fn keys(&self) -> Vec<String> {
+        let text = reqwest::blocking::get(format!("{}/{}?list-type=2", self.endpoint, self.bucket))
+            .and_then(|response| response.text())
+            .expect("listing the bucket");
+        text.split("<Key>").skip(1).filter_map(|part| part.split("</Key>").next()).map(str::to_string).collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
