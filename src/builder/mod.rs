@@ -563,3 +563,85 @@ pub fn tail_of(text: &str, max: usize) -> String {
 fn short(key: &str) -> &str {
     &key[..key.len().min(12)]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::templates::Templates;
+
+    const DAY_MS: u64 = 24 * 3600 * 1000;
+
+    struct Fixture {
+        _temp: tempfile::TempDir,
+        root: PathBuf,
+        builder: Builder,
+        templates: Templates,
+        source_dir: PathBuf,
+    }
+
+    fn fixture() -> Fixture {
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path().to_path_buf();
+        let metadata = Arc::new(Store::open(&root.join("metadata.redb")).unwrap());
+        let store = ArtifactStore::open(&artifact_store::ArtifactStoreConfig::Default, &root.join("store")).unwrap();
+        std::fs::create_dir_all(root.join("tmp")).unwrap();
+        let builder =
+            Builder::new(store, metadata, root.join("layers"), root.join("tmp"), Duration::from_secs(60)).unwrap();
+        let templates = Templates::load(&root.join("templates"), None).unwrap();
+        let source_dir = root.join("source");
+        std::fs::create_dir_all(&source_dir).unwrap();
+        std::fs::write(source_dir.join("handler.py"), "def handle(data):\n    return data\n").unwrap();
+        Fixture { _temp: temp, root, builder, templates, source_dir }
+    }
+
+    async fn build(fixture: &Fixture) -> (Artifact, BuildOutcome) {
+        let template = fixture.templates.get("python").expect("python template");
+        let input = BuildInput {
+            key: "key-1",
+            template,
+            entry: "handler.py",
+            source_dir: &fixture.source_dir,
+            source_hash: "source-1",
+        };
+        fixture.builder.ensure(&input, false, &None).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn retention_removes_only_unused_artifacts() {
+        let fixture = fixture();
+        let (artifact, outcome) = build(&fixture).await;
+        assert_eq!(outcome, BuildOutcome::Built);
+        let built_at = now_ms();
+        let retention = Duration::from_millis(14 * DAY_MS);
+        let manifest_file = fixture.root.join("store/artifacts/key-1.json");
+        let code_file = fixture.root.join("store/layers/code/source-1.tar");
+        assert!(manifest_file.is_file());
+        assert!(artifact.code_dir.join("handler.py").is_file());
+
+        let removed = fixture.builder.collect_garbage(built_at + 10 * DAY_MS, retention).await.unwrap();
+        assert!(removed.is_empty(), "used 10 days ago: kept");
+
+        // A use on day 10 restarts the period.
+        fixture.builder.record_use(&artifact.manifest, built_at + 10 * DAY_MS).unwrap();
+        let removed = fixture.builder.collect_garbage(built_at + 20 * DAY_MS, retention).await.unwrap();
+        assert!(removed.is_empty(), "used 10 days before: kept");
+        assert!(manifest_file.is_file());
+
+        let removed = fixture.builder.collect_garbage(built_at + 25 * DAY_MS, retention).await.unwrap();
+        assert_eq!(removed, vec!["key-1".to_string()]);
+        assert!(!manifest_file.exists(), "the manifest is deleted from the store");
+        assert!(!code_file.exists(), "the code layer is deleted from the store");
+        assert!(!artifact.code_dir.exists(), "the unpacked code layer is deleted");
+
+        let (rebuilt, outcome) = build(&fixture).await;
+        assert_eq!(outcome, BuildOutcome::Built, "an expired artifact is built again");
+        assert!(rebuilt.code_dir.join("handler.py").is_file());
+    }
+
+    #[tokio::test]
+    async fn second_ensure_is_a_cache_hit() {
+        let fixture = fixture();
+        assert_eq!(build(&fixture).await.1, BuildOutcome::Built);
+        assert_eq!(build(&fixture).await.1, BuildOutcome::CacheHit);
+    }
+}
