@@ -118,8 +118,11 @@ def handle(data):
     return data
 ";
     let dir = script_folder(temp.path(), "table", &[("handler.py", handler), ("requirements.txt", "tabulate==0.9.0\n")]);
-    let (status, body) = deploy(&server, &dir, "table");
-    assert_eq!(status, 201, "{body}");
+    let output = server.cli(&["deploy", dir.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "deployed table version 1 (template python)\n");
+    let progress = String::from_utf8_lossy(&output.stderr);
+    assert!(progress.contains("s] dependencies: $ ") && progress.contains("pip install"), "plain progress lines: {progress}");
     let (status, body) = server.invoke("table", json!({"payload": "[{\"sku\": \"A-1\", \"qty\": 2}]"}));
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["payload"], "| sku   |   qty |\n|-------|-------|\n| A-1   |     2 |");

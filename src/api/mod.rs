@@ -71,6 +71,9 @@ async fn show_script(State(controller): State<AppState>, Path(name): Path<String
 struct DeployQuery {
     /// The uploaded file's name, for a single-file upload.
     filename: Option<String>,
+    /// Streams build progress as JSON lines; see [`deploy_with_progress`].
+    #[serde(default)]
+    progress: bool,
 }
 
 async fn deploy_script(
@@ -94,11 +97,47 @@ async fn deploy_script(
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse().ok());
-    let deployed = controller.deploy(DeployRequest { name, kind, body, content_length }, None).await?;
-    let mut body = views::version(&deployed.version);
-    body["build"] = deployed.build.as_ref().map(views::build_summary).unwrap_or(serde_json::Value::Null);
-    body["build"]["outcome"] = serde_json::to_value(deployed.outcome).unwrap_or_default();
-    Ok((StatusCode::CREATED, axum::Json(body)))
+    let request = DeployRequest { name, kind, body, content_length };
+    if query.progress {
+        return Ok(deploy_with_progress(controller, request));
+    }
+    let deployed = controller.deploy(request, None).await?;
+    Ok((StatusCode::CREATED, axum::Json(views::deployed(&deployed))).into_response())
+}
+
+/// Runs a deploy and streams its progress as JSON lines while it runs:
+/// `{"progress": "...", "elapsed_ms": N}` for each step, then one
+/// `{"result": {...}}` or `{"error": {...}}` line. The status is 200 because
+/// it is sent before the outcome is known; the last line carries it.
+fn deploy_with_progress(controller: AppState, request: DeployRequest) -> Response {
+    let (progress_sender, mut progress_receiver) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (line_sender, line_receiver) = tokio::sync::mpsc::unbounded_channel::<Result<String, std::io::Error>>();
+    let started = std::time::Instant::now();
+    let forward = line_sender.clone();
+    tokio::spawn(async move {
+        while let Some(step) = progress_receiver.recv().await {
+            let line = json!({ "progress": step, "elapsed_ms": started.elapsed().as_millis() as u64 });
+            let _ = forward.send(Ok(format!("{line}\n")));
+        }
+    });
+    tokio::spawn(async move {
+        let line = match controller.deploy(request, Some(progress_sender)).await {
+            Ok(deployed) => json!({ "result": views::deployed(&deployed) }),
+            Err(error) => error.body(),
+        };
+        let _ = line_sender.send(Ok(format!("{line}\n")));
+    });
+    let stream = tokio_stream_from(line_receiver);
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .expect("static response parts are valid")
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut receiver: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |context| receiver.poll_recv(context))
 }
 
 async fn delete_script(State(controller): State<AppState>, Path(name): Path<String>) -> Result<impl IntoResponse, ApiError> {

@@ -2,6 +2,7 @@
 
 use serde_json::{Value, json};
 
+use crate::controller::Deployed;
 use crate::store::{BuildRecord, Script, ScriptVersion};
 use crate::templates::Template;
 
@@ -44,4 +45,11 @@ pub fn template(template: &Template) -> Value {
         "dependency_file": template.spec.dependencies.as_ref().map(|dependencies| &dependencies.file),
         "interpreter": template.interpreter,
     })
+}
+
+pub fn deployed(deployed: &Deployed) -> Value {
+    let mut body = version(&deployed.version);
+    body["build"] = deployed.build.as_ref().map(build_summary).unwrap_or(Value::Null);
+    body["build"]["outcome"] = serde_json::to_value(deployed.outcome).unwrap_or_default();
+    body
 }

@@ -90,7 +90,7 @@ pub struct BuildInput<'a> {
 /// Receives progress lines ("dependencies: running pip") while a build runs.
 pub type Progress = Option<tokio::sync::mpsc::UnboundedSender<String>>;
 
-fn report(progress: &Progress, line: impl Into<String>) {
+pub fn report(progress: &Progress, line: impl Into<String>) {
     if let Some(sender) = progress {
         let _ = sender.send(line.into());
     }

@@ -40,9 +40,21 @@ impl Client {
         self.send(self.http.post(self.url(path)).json(body), path)
     }
 
-    pub fn put_body(&self, path: &str, content_type: &str, body: Body) -> Result<Value, ClientError> {
-        let request = self.http.put(self.url(path)).header("content-type", content_type).body(body);
-        self.send(request, path)
+    /// Sends an upload and returns the response for reading as it arrives;
+    /// an error status is decoded into [`ClientError::Api`].
+    pub fn put_streaming(&self, path: &str, content_type: &str, body: Body) -> Result<Response, ClientError> {
+        let response = self
+            .http
+            .put(self.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .map_err(|source| ClientError::Unreachable { url: self.url(path), source })?;
+        if response.status().is_success() {
+            Ok(response)
+        } else {
+            Err(decode(response).expect_err("an error status decodes to an error"))
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -64,14 +76,19 @@ fn decode(response: Response) -> Result<Value, ClientError> {
     if (200..300).contains(&status) {
         return Ok(body);
     }
+    Err(error_from_body(status, &body, text))
+}
+
+/// Turns an `{"error": {...}}` body into a [`ClientError`].
+pub fn error_from_body(status: u16, body: &Value, text: String) -> ClientError {
     let error = &body["error"];
     match (error["kind"].as_str(), error["message"].as_str()) {
-        (Some(kind), Some(message)) => Err(ClientError::Api {
+        (Some(kind), Some(message)) => ClientError::Api {
             status,
             kind: kind.to_string(),
             message: message.to_string(),
             body: error.clone(),
-        }),
-        _ => Err(ClientError::Invalid { status, text }),
+        },
+        _ => ClientError::Invalid { status, text },
     }
 }

@@ -1,7 +1,7 @@
 //! The client commands. Results go to stdout; progress, script logs and
 //! errors go to stderr, so `kubefaas invoke` output can be piped.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -34,27 +34,85 @@ pub fn deploy(client: &Client, path: &Path, name: Option<String>) -> anyhow::Res
         ("application/octet-stream", query, std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?)
     };
     let size = file.metadata().map(|metadata| metadata.len()).unwrap_or(0);
-    eprintln!("uploading {name} ({size} bytes) and building");
+    eprintln!("uploading {name} ({size} bytes)");
     let body = reqwest::blocking::Body::sized(file, size);
-    let response = match client.put_body(&format!("/v1/scripts/{name}{query}"), content_type, body) {
+    let separator = if query.is_empty() { '?' } else { '&' };
+    let path = format!("/v1/scripts/{name}{query}{separator}progress=true");
+    let response = match client.put_streaming(&path, content_type, body) {
         Ok(response) => response,
         Err(error) => return report(error),
     };
-    let build = &response["build"];
-    let outcome = build["outcome"].as_str().unwrap_or("built").replace('_', " ");
-    eprintln!(
-        "build {}: {outcome} in {} ms (total {} ms)",
-        short_key(build["key"].as_str().unwrap_or("")),
-        build["duration_ms"],
-        started.elapsed().as_millis()
-    );
-    println!(
-        "deployed {} version {} (template {})",
-        response["name"].as_str().unwrap_or(&name),
-        response["version"],
-        response["template"].as_str().unwrap_or("?")
-    );
-    Ok(ExitCode::SUCCESS)
+    let mut progress = ProgressPrinter::new();
+    for line in std::io::BufReader::new(response).lines() {
+        let line = line.context("reading the deploy progress")?;
+        let event: Value = serde_json::from_str(&line).with_context(|| format!("invalid progress line {line:?}"))?;
+        if let Some(step) = event["progress"].as_str() {
+            progress.step(event["elapsed_ms"].as_u64().unwrap_or(0), step);
+        } else if event["error"].is_object() {
+            progress.finish();
+            let error = super::client::error_from_body(0, &event, line.clone());
+            let build_failed = event["error"]["kind"] == "build_failed";
+            if build_failed {
+                // The whole log, not only the tail in the error.
+                if let Ok(logs) = client.get(&format!("/v1/scripts/{name}/logs?build=true")) {
+                    eprintln!("--- build log ---\n{}", logs["build_log"].as_str().unwrap_or("").trim_end());
+                }
+                eprintln!("error: {error}");
+                return Ok(ExitCode::FAILURE);
+            }
+            return report(error);
+        } else if let Some(result) = event.get("result") {
+            progress.finish();
+            let build = &result["build"];
+            let outcome = build["outcome"].as_str().unwrap_or("built").replace('_', " ");
+            eprintln!(
+                "build {}: {outcome} in {} ms (total {} ms)",
+                short_key(build["key"].as_str().unwrap_or("")),
+                build["duration_ms"],
+                started.elapsed().as_millis()
+            );
+            println!(
+                "deployed {} version {} (template {})",
+                result["name"].as_str().unwrap_or(&name),
+                result["version"],
+                result["template"].as_str().unwrap_or("?")
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    anyhow::bail!("the server closed the connection before the deploy finished")
+}
+
+/// Prints build steps: one line redrawn in place on a terminal, plain
+/// lines otherwise.
+struct ProgressPrinter {
+    terminal: bool,
+    drawn: bool,
+}
+
+impl ProgressPrinter {
+    fn new() -> ProgressPrinter {
+        ProgressPrinter { terminal: std::io::stderr().is_terminal(), drawn: false }
+    }
+
+    fn step(&mut self, elapsed_ms: u64, step: &str) {
+        let line = format!("[{:>6.1}s] {step}", elapsed_ms as f64 / 1000.0);
+        if self.terminal {
+            let width = 100;
+            let shown: String = line.chars().take(width).collect();
+            eprint!("\r\x1b[2K{shown}");
+            self.drawn = true;
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    fn finish(&mut self) {
+        if self.drawn {
+            eprintln!();
+            self.drawn = false;
+        }
+    }
 }
 
 pub fn invoke(

@@ -62,7 +62,8 @@ impl Controller {
     async fn deploy_in(&self, work_dir: &Path, request: DeployRequest, progress: &Progress) -> Result<Deployed, ApiError> {
         let max_bytes = self.config.max_script_bytes;
         let received = work_dir.join("upload");
-        receive_body(request.body, &received, max_bytes).await?;
+        let received_bytes = receive_body(request.body, &received, max_bytes).await?;
+        crate::builder::report(progress, format!("upload received: {received_bytes} bytes"));
 
         let tree = work_dir.join("tree");
         let kind = request.kind.clone();

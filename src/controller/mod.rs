@@ -18,7 +18,7 @@ use crate::store::{BuildRecord, Script, ScriptVersion, Store};
 use crate::templates::{Template, Templates};
 use pool::{Pool, PoolLimits};
 
-pub use deploy::DeployRequest;
+pub use deploy::{DeployRequest, Deployed};
 
 /// Where the server keeps its files, all under one data dir.
 #[derive(Debug, Clone)]
