@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what kubefaas needs to build and run its templates, skipping
-# anything already present: a Rust toolchain is expected (rustup), Python 3
-# and Node.js come from Debian's packages when missing.
+# anything already present: a Rust toolchain is expected (rustup); Python 3,
+# Node.js with npm, PHP with composer, and Ruby with bundler come from
+# Debian's packages when missing.
 set -euo pipefail
 
 missing_packages=()
@@ -9,6 +10,10 @@ command -v python3 >/dev/null 2>&1 || missing_packages+=(python3)
 command -v node >/dev/null 2>&1 || missing_packages+=(nodejs)
 command -v cc >/dev/null 2>&1 || missing_packages+=(gcc)
 command -v npm >/dev/null 2>&1 || missing_packages+=(npm)
+command -v php >/dev/null 2>&1 || missing_packages+=(php-cli)
+command -v composer >/dev/null 2>&1 || missing_packages+=(composer)
+command -v ruby >/dev/null 2>&1 || missing_packages+=(ruby)
+command -v bundle >/dev/null 2>&1 || missing_packages+=(bundler)
 if [ "${1:-}" = "--tests" ] && ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then
   missing_packages+=(python3-venv)
 fi

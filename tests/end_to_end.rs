@@ -23,6 +23,28 @@ module.exports = async function (data) {
 };
 ";
 
+const ECHO_PHP: &str = "<?php
+function handle($data) {
+    $data['meta']['seen'] = 'yes';
+    return $data;
+}
+";
+
+const ECHO_RB: &str = "\
+def handle(data)
+  data['meta']['seen'] = 'yes'
+  data
+end
+";
+
+/// (name prefix, file name, echo script) for every built-in template.
+const ECHO_SCRIPTS: [(&str, &str, &str); 4] = [
+    ("py", "handler.py", ECHO_PY),
+    ("js", "index.js", ECHO_JS),
+    ("php", "script.php", ECHO_PHP),
+    ("rb", "handler.rb", ECHO_RB),
+];
+
 #[test]
 fn examples_return_expected_output() {
     let server = Server::start();
@@ -95,9 +117,49 @@ module.exports = function (data) {
 }
 
 #[test]
+fn php_and_ruby_script_errors() {
+    let server = Server::start();
+    let php = "<?php
+function handle($data) {
+    echo \"printed by php\\n\";
+    if ($data['payload'] === 'fail') {
+        throw new InvalidArgumentException('invalid order 9');
+    }
+    $data['payload'] = strtoupper($data['payload']);
+    return $data;
+}
+";
+    let ruby = "\
+def handle(data)
+  puts 'printed by ruby'
+  raise ArgumentError, 'invalid order 9' if data['payload'] == 'fail'
+  data['payload'] = data['payload'].upcase
+  data
+end
+";
+    for (name, file, script, error_type) in [
+        ("upper-php", "script.php", php, "InvalidArgumentException"),
+        ("upper-rb", "handler.rb", ruby, "ArgumentError"),
+    ] {
+        assert_eq!(server.deploy_file(name, file, script).0, 201);
+        let (status, body) = server.invoke(name, json!({"payload": "fail"}));
+        assert_eq!(status, 500, "{name}: {body}");
+        assert_eq!(body["error"]["kind"], "script_error");
+        assert_eq!(body["error"]["message"], format!("{error_type}: invalid order 9"));
+        let (status, body) = server.invoke(name, json!({"payload": "abc"}));
+        assert_eq!(status, 200, "{name}: {body}");
+        assert_eq!(body["payload"], "ABC", "{name}");
+        server.wait_until(Duration::from_secs(5), "the printed line reaches the logs", || {
+            server.cli_ok(&["logs", name]).contains("stdout: printed by")
+        });
+    }
+}
+
+#[test]
 fn data_object_fields_pass_through() {
     let server = Server::start();
-    for (name, file, script) in [("echo-py", "handler.py", ECHO_PY), ("echo-js", "index.js", ECHO_JS)] {
+    for (language, file, script) in ECHO_SCRIPTS {
+        let name = &format!("echo-{language}");
         assert_eq!(server.deploy_file(name, file, script).0, 201);
         let request = json!({
             "payload": "{\"a\": 1}",
@@ -123,7 +185,8 @@ fn data_object_fields_pass_through() {
 fn binary_payload_round_trips_unchanged() {
     let server = Server::start();
     let bytes: Vec<u8> = b"\x00start\xff\xfe\x00middle\xc3\x28end\x00".iter().copied().chain(0..=255u8).collect();
-    for (name, file, script) in [("bin-py", "handler.py", ECHO_PY), ("bin-js", "index.js", ECHO_JS)] {
+    for (language, file, script) in ECHO_SCRIPTS {
+        let name = &format!("bin-{language}");
         assert_eq!(server.deploy_file(name, file, script).0, 201);
         let (status, body) = server.invoke(name, json!({"payload_base64": BASE64.encode(&bytes)}));
         assert_eq!(status, 200, "{name}: {body}");

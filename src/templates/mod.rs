@@ -26,6 +26,18 @@ const BUILT_IN: &[(&str, &str, &str, &str)] = &[
         "shim.js",
         include_str!("../../templates/node/shim.js"),
     ),
+    (
+        "php",
+        include_str!("../../templates/php/template.toml"),
+        "shim.php",
+        include_str!("../../templates/php/shim.php"),
+    ),
+    (
+        "ruby",
+        include_str!("../../templates/ruby/template.toml"),
+        "shim.rb",
+        include_str!("../../templates/ruby/shim.rb"),
+    ),
 ];
 
 /// The contents of `template.toml`.
