@@ -1,4 +1,4 @@
-//! Where build outputs live: layers as tar files and artifact manifests as
+//! The artifact store: layers as tar files and artifact manifests as
 //! JSON, in an object store. A local folder by default; S3-compatible
 //! storage by configuration, with credentials from the usual AWS
 //! environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...).

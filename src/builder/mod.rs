@@ -51,7 +51,7 @@ pub struct ArtifactManifest {
 }
 
 impl ArtifactManifest {
-    /// The artifact store keys of this artifact and its layers.
+    /// Lists the artifact store keys of this artifact and its layers.
     fn object_keys(&self) -> Vec<String> {
         let mut keys = vec![manifest_key(&self.build_key), layer_key(LayerKind::Code, &self.code_layer)];
         if let Some(dependency_layer) = &self.dependency_layer {
@@ -70,7 +70,7 @@ pub struct Artifact {
     pub dependencies_dir: PathBuf,
 }
 
-/// How [`Builder::ensure`] got its artifact.
+/// The source of an artifact from [`Builder::ensure`]: the cache or a new build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BuildOutcome {
@@ -78,7 +78,7 @@ pub enum BuildOutcome {
     Built,
 }
 
-/// What to build.
+/// The inputs of one build.
 pub struct BuildInput<'a> {
     pub key: &'a str,
     pub template: &'a Template,
@@ -487,8 +487,8 @@ impl Builder {
     }
 }
 
-/// The dependency layer key: a hash of the template and the bytes of its
-/// dependency files, or None when the template has none or the upload lacks
+/// Computes the dependency layer key, a hash of the template and the bytes
+/// of its dependency files. Returns None or None when the template has none or the upload lacks
 /// the dependency file.
 fn dependency_layer_key(input: &BuildInput<'_>) -> Result<Option<String>, String> {
     let Some(spec) = &input.template.spec.dependencies else {

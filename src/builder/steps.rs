@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-/// Runs `command` in `dir` and appends its output to `log`. Returns an
+/// Runs `command` in `dir` and appends its output to the file at `log_path`. Returns an
 /// error message for the log if it fails to start, fails, or times out.
 pub async fn run_step(command: &[String], dir: &Path, log_path: &Path, timeout: Duration) -> Result<(), String> {
     let (program, args) = command.split_first().ok_or("empty build step in the template")?;
