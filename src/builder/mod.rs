@@ -488,8 +488,8 @@ impl Builder {
 }
 
 /// Computes the dependency layer key, a hash of the template and the bytes
-/// of its dependency files. Returns None or None when the template has none or the upload lacks
-/// the dependency file.
+/// of its dependency files. Returns None when the template has no
+/// dependencies or the upload lacks the dependency file.
 fn dependency_layer_key(input: &BuildInput<'_>) -> Result<Option<String>, String> {
     let Some(spec) = &input.template.spec.dependencies else {
         return Ok(None);
