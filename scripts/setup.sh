@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what kubefaas needs to build and run its templates, skipping
-# anything already present: a Rust toolchain is expected (rustup), Python 3
-# and Node.js come from Debian's packages when missing.
+# anything already present: a Rust toolchain is expected (rustup); Python 3,
+# Node.js, gcc and bubblewrap (the instance sandbox) come from Debian's
+# packages when missing.
 set -euo pipefail
 
 missing_packages=()
 command -v python3 >/dev/null 2>&1 || missing_packages+=(python3)
 command -v node >/dev/null 2>&1 || missing_packages+=(nodejs)
 command -v cc >/dev/null 2>&1 || missing_packages+=(gcc)
+command -v bwrap >/dev/null 2>&1 || missing_packages+=(bubblewrap)
 
 if [ "${#missing_packages[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -1,10 +1,14 @@
 //! Server settings: defaults, then the `--config` TOML file, then flags.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
+
+/// The least memory an instance can start with: bwrap and an interpreter
+/// take about 10 MiB before the script loads.
+pub const MIN_MEMORY_MIB: u64 = 16;
 
 /// Settings the controller runs with. In the TOML file, durations are in
 /// seconds and sizes in bytes, under the field names below.
@@ -26,6 +30,20 @@ pub struct Config {
     pub instance_concurrency: usize,
     /// The number of stdout and stderr lines kept per script.
     pub log_lines_per_script: usize,
+    /// Memory per instance, in MiB, for scripts whose kubefaas.toml sets none.
+    pub instance_memory_mib: u64,
+    /// The most memory per instance, in MiB, that a script may ask for.
+    pub max_instance_memory_mib: u64,
+    /// Processes and threads one instance may have at once.
+    pub max_pids_per_instance: u64,
+    /// The folder the cgroup hierarchies are mounted in.
+    pub cgroup_root: PathBuf,
+    /// The cgroup (a path such as `/kubefaas.slice`) to create instance
+    /// groups under; by default, the server's own cgroup.
+    pub cgroup_parent: Option<String>,
+    /// Runs instances without memory, PID and CPU limits when no usable
+    /// cgroup hierarchy is found, instead of refusing to start.
+    pub allow_no_cgroups: bool,
 }
 
 impl Default for Config {
@@ -38,6 +56,12 @@ impl Default for Config {
             max_instances_per_script: 4,
             instance_concurrency: 1,
             log_lines_per_script: 1000,
+            instance_memory_mib: 512,
+            max_instance_memory_mib: 512,
+            max_pids_per_instance: 256,
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            cgroup_parent: None,
+            allow_no_cgroups: false,
         }
     }
 }
@@ -57,6 +81,17 @@ impl Config {
         anyhow::ensure!(self.max_instances_per_script >= 1, "max_instances_per_script must be at least 1");
         anyhow::ensure!(self.instance_concurrency >= 1, "instance_concurrency must be at least 1");
         anyhow::ensure!(self.log_lines_per_script >= 1, "log_lines_per_script must be at least 1");
+        anyhow::ensure!(
+            self.instance_memory_mib >= MIN_MEMORY_MIB,
+            "instance_memory_mib must be at least {MIN_MEMORY_MIB}"
+        );
+        anyhow::ensure!(
+            self.instance_memory_mib <= self.max_instance_memory_mib,
+            "instance_memory_mib ({}) must not be above max_instance_memory_mib ({})",
+            self.instance_memory_mib,
+            self.max_instance_memory_mib
+        );
+        anyhow::ensure!(self.max_pids_per_instance >= 8, "max_pids_per_instance must be at least 8");
         Ok(())
     }
 

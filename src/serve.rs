@@ -9,7 +9,9 @@ use anyhow::Context;
 
 use crate::config::Config;
 use crate::controller::{Controller, DataPaths};
+use crate::runtime::cgroup::{CgroupPlacement, Cgroups};
 use crate::runtime::local::LocalRuntime;
+use crate::runtime::sandbox::Sandbox;
 use crate::store::Store;
 use crate::templates::Templates;
 
@@ -20,6 +22,8 @@ pub struct ServeOptions {
     pub templates_dir: Option<PathBuf>,
     pub idle_timeout_seconds: Option<f64>,
     pub call_timeout_seconds: Option<f64>,
+    pub cgroup_root: Option<PathBuf>,
+    pub allow_no_cgroups: bool,
 }
 
 pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
@@ -41,7 +45,13 @@ async fn run(options: ServeOptions) -> anyhow::Result<()> {
     if let Some(seconds) = options.call_timeout_seconds {
         config.call_timeout_seconds = seconds;
     }
+    if let Some(root) = options.cgroup_root {
+        config.cgroup_root = root;
+    }
+    config.allow_no_cgroups |= options.allow_no_cgroups;
     config.validate()?;
+    let sandbox = Sandbox::detect(None)?;
+    tracing::info!(bwrap = %sandbox.bwrap().display(), user_namespace = sandbox.user_namespace(), "instance sandbox ready");
 
     let paths = DataPaths { root: options.data_dir.clone() };
     prepare_data_dir(&paths)?;
@@ -49,13 +59,17 @@ async fn run(options: ServeOptions) -> anyhow::Result<()> {
         format!("opening the metadata database {} (is another server using this data dir?)", paths.database().display())
     })?);
     let templates = Templates::load(&paths.templates(), options.templates_dir.as_deref())?;
-    let controller = Arc::new(Controller::new(config, paths, store, templates, Arc::new(LocalRuntime)));
-    tokio::spawn(controller.clone().run_idle_reaper());
-
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("listening on {}", options.listen))?;
     let address = listener.local_addr().context("reading the listening address")?;
+
+    // Created last, so that no earlier failure leaves a cgroup behind.
+    let cgroups = setup_cgroups(&config)?;
+    let runtime = Arc::new(LocalRuntime::new(sandbox, cgroups));
+    let controller = Arc::new(Controller::new(config, paths, store, templates, runtime));
+    tokio::spawn(controller.clone().run_idle_reaper());
+
     tracing::info!(%address, data_dir = %options.data_dir.display(), "kubefaas serving");
     // Scripts and tests that start the server read this line to find the port.
     println!("kubefaas listening on http://{address}");
@@ -67,6 +81,39 @@ async fn run(options: ServeOptions) -> anyhow::Result<()> {
     tracing::info!("shutting down: stopping instances");
     controller.shutdown().await;
     Ok(())
+}
+
+/// Creates the server's cgroup, or returns None when the host has no usable
+/// hierarchy and the operator allowed running without limits.
+fn setup_cgroups(config: &Config) -> anyhow::Result<Option<Cgroups>> {
+    let self_cgroup = std::fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
+    let placement = CgroupPlacement {
+        root: &config.cgroup_root,
+        self_cgroup: &self_cgroup,
+        parent: config.cgroup_parent.as_deref(),
+        server_pid: std::process::id(),
+    };
+    match Cgroups::setup(&placement) {
+        Ok(cgroups) => {
+            tracing::info!(
+                version = %cgroups.version(),
+                groups = ?cgroups.server_groups(),
+                "instance cgroups ready"
+            );
+            Ok(Some(cgroups))
+        }
+        Err(error) if config.allow_no_cgroups => {
+            let warning = format!(
+                "WARNING: instances run WITHOUT memory, PID and CPU limits (allow_no_cgroups is set): {error}"
+            );
+            eprintln!("{warning}");
+            tracing::warn!("{warning}");
+            Ok(None)
+        }
+        Err(error) => Err(anyhow::Error::new(error).context(
+            "instances cannot get memory, PID and CPU limits; fix the cgroup setup, or pass --allow-no-cgroups to run scripts without limits",
+        )),
+    }
 }
 
 /// Creates the data dir's folders and empties `tmp`, which holds only

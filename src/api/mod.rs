@@ -94,11 +94,33 @@ async fn deploy_script(
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse().ok());
-    let deployed = controller.deploy(DeployRequest { name, kind, body, content_length }).await?;
+    let secrets = match headers.get(SECRETS_HEADER) {
+        Some(value) => parse_secrets_header(value.as_bytes())?,
+        None => Default::default(),
+    };
+    let deployed = controller.deploy(DeployRequest { name, kind, body, content_length, secrets }).await?;
     let mut body = views::version(&deployed.version);
     body["build"] = deployed.build.as_ref().map(views::build_summary).unwrap_or(serde_json::Value::Null);
     body["build"]["outcome"] = serde_json::to_value(deployed.outcome).unwrap_or_default();
     Ok((StatusCode::CREATED, axum::Json(body)))
+}
+
+/// The deploy header that carries secret changes: base64 of a JSON object
+/// mapping each name to its value, or to null to remove it. Base64 lets a
+/// value hold any text, which a header value cannot.
+pub const SECRETS_HEADER: &str = "kubefaas-secrets";
+
+fn parse_secrets_header(value: &[u8]) -> Result<std::collections::BTreeMap<String, Option<String>>, ApiError> {
+    use base64::Engine;
+    let invalid = |reason: String| {
+        ApiError::invalid(format!(
+            "invalid Kubefaas-Secrets header: {reason}; send base64 of a JSON object such as {{\"API_TOKEN\": \"value\", \"OLD\": null}}"
+        ))
+    };
+    let json = base64::engine::general_purpose::STANDARD
+        .decode(value)
+        .map_err(|error| invalid(format!("not base64 ({error})")))?;
+    serde_json::from_slice(&json).map_err(|error| invalid(format!("not a JSON object of strings ({error})")))
 }
 
 async fn delete_script(State(controller): State<AppState>, Path(name): Path<String>) -> Result<impl IntoResponse, ApiError> {

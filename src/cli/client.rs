@@ -40,8 +40,18 @@ impl Client {
         self.send(self.http.post(self.url(path)).json(body), path)
     }
 
-    pub fn put_body(&self, path: &str, content_type: &str, body: Body) -> Result<Value, ClientError> {
-        let request = self.http.put(self.url(path)).header("content-type", content_type).body(body);
+    pub fn put_body(
+        &self,
+        path: &str,
+        content_type: &str,
+        headers: &[(&str, String)],
+        body: Body,
+    ) -> Result<Value, ClientError> {
+        let mut request = self.http.put(self.url(path)).header("content-type", content_type);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let request = request.body(body);
         self.send(request, path)
     }
 
