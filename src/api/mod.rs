@@ -86,7 +86,7 @@ async fn deploy_script(
         (None, Some(file_name)) => UploadKind::File { file_name },
         (None, None) => {
             return Err(ApiError::invalid(
-                "send a folder as an archive (Content-Type application/x-tar or application/gzip) or a single file with ?filename=NAME",
+                "send a folder as an archive (Content-Type application/x-tar, application/gzip or application/zip) or a single file with ?filename=NAME",
             ));
         }
     };
