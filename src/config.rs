@@ -6,9 +6,9 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Deserialize;
 
-/// The least memory an instance can start with: bwrap and an interpreter
-/// take about 10 MiB before the script loads.
-pub const MIN_MEMORY_MIB: u64 = 16;
+/// The minimum memory of an instance, in MiB. A Python 3.11 interpreter with
+/// the shim's modules loaded has a resident size of about 14 MiB in bwrap.
+pub const MIN_MEMORY_MIB: u64 = 32;
 
 /// Settings the controller runs with. In the TOML file, durations are in
 /// seconds and sizes in bytes, under the field names below.
@@ -32,7 +32,7 @@ pub struct Config {
     pub log_lines_per_script: usize,
     /// Memory per instance, in MiB, for scripts whose kubefaas.toml sets none.
     pub instance_memory_mib: u64,
-    /// The most memory per instance, in MiB, that a script may ask for.
+    /// The maximum memory per instance, in MiB, that a script may request.
     pub max_instance_memory_mib: u64,
     /// Processes and threads one instance may have at once.
     pub max_pids_per_instance: u64,

@@ -50,7 +50,7 @@ def handle(data):
     return data
 "#;
 
-/// Allocates and touches as many MiB as the payload says.
+/// Allocates and writes the number of MiB given in the payload.
 const ALLOCATE_PY: &str = r#"
 def handle(data):
     size = int(data['payload']) * 1024 * 1024
@@ -63,7 +63,7 @@ fn payload_json(body: &Value) -> Value {
     serde_json::from_str(body["payload"].as_str().expect("payload is text")).expect("payload is JSON")
 }
 
-/// The interpreter prefix the python template binds, as the host sees it.
+/// Returns the interpreter prefix the python template binds, as a host path.
 fn python_prefix() -> String {
     let output = std::process::Command::new("python3")
         .args(["-c", "import sys; print(sys.base_prefix)"])
@@ -132,7 +132,7 @@ fn sandbox_hides_host_and_other_scripts() {
 }
 
 #[test]
-fn network_is_on_by_default_and_off_on_request() {
+fn network_off_on_request() {
     let server = Server::start();
     let fetch = r#"
 import urllib.request
@@ -192,7 +192,7 @@ fn memory_limit_stops_instance_and_next_call_works() {
     assert_eq!(body["error"]["kind"], "invalid_request");
     assert_eq!(
         body["error"]["message"],
-        "invalid kubefaas.toml: limits.memory_mib is 1024, but this server allows 16 to 512 MiB per instance"
+        "invalid kubefaas.toml: limits.memory_mib is 1024, but this server allows 32 to 512 MiB per instance"
     );
     assert_eq!(server.request("GET", "/v1/scripts/greedy", None).0, 404, "nothing was deployed");
 }
@@ -399,7 +399,7 @@ def handle(data):
 }
 
 #[test]
-fn env_and_secrets_reach_instance_but_not_show_or_logs() {
+fn secrets_reach_instance_not_logs() {
     let server = Server::start();
     let dir = tempfile::tempdir().unwrap();
     let folder = dir.path().join("greeter");

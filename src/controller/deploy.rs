@@ -309,8 +309,8 @@ mod tests {
     #[test]
     fn settings_outside_limits_are_invalid() {
         let cases = [
-            ("[limits]\nmemory_mib = 1024\n", "limits.memory_mib is 1024, but this server allows 16 to 512 MiB per instance"),
-            ("[limits]\nmemory_mib = 1\n", "limits.memory_mib is 1, but this server allows 16 to 512 MiB per instance"),
+            ("[limits]\nmemory_mib = 1024\n", "limits.memory_mib is 1024, but this server allows 32 to 512 MiB per instance"),
+            ("[limits]\nmemory_mib = 1\n", "limits.memory_mib is 1, but this server allows 32 to 512 MiB per instance"),
             ("[limits]\ntimeout_seconds = 0\n", "limits.timeout_seconds is 0; give a number of seconds above 0"),
             ("[limits]\ncpu_weight = 0\n", "limits.cpu_weight is 0; give a weight from 1 to 10000 (100 is the default)"),
             ("[env]\n\"1X\" = \"a\"\n", "invalid env name \"1X\""),

@@ -5,7 +5,7 @@
 //! cgroup (or below `cgroup_parent`), and one child group per instance in
 //! it. An instance joins its group before it execs bubblewrap, so every
 //! process it starts is counted. Groups are removed when their instance
-//! stops and when the server stops; groups left by a server that died are
+//! stops and when the server stops. Groups left by a server that died are
 //! removed by the next server that starts with the same parent.
 //!
 //! Every path is taken from the `root` given to [`Cgroups::setup`]
@@ -69,7 +69,7 @@ pub struct Cgroups {
     server_groups: Vec<PathBuf>,
 }
 
-/// Where to create the server's group and what to call it.
+/// The location and name of the server's group.
 #[derive(Debug, Clone)]
 pub struct CgroupPlacement<'a> {
     /// The folder the hierarchies are mounted in, normally `/sys/fs/cgroup`.
@@ -160,7 +160,7 @@ impl Cgroups {
         self.version
     }
 
-    /// The server's group folders: one for v2, one per controller for v1.
+    /// Returns the server's group folders: one for v2, one per controller for v1.
     pub fn server_groups(&self) -> &[PathBuf] {
         &self.server_groups
     }
@@ -214,7 +214,7 @@ impl InstanceCgroup {
         &self.dirs
     }
 
-    /// The `cgroup.procs` files a process writes `0` to in order to join
+    /// Returns the `cgroup.procs` files a process writes `0` to in order to join
     /// this group, as C strings so a forked child can use them before exec.
     pub fn procs_files(&self) -> Vec<CString> {
         self.dirs
@@ -256,7 +256,7 @@ impl InstanceCgroup {
         Ok(())
     }
 
-    /// The number of processes the kernel's OOM killer stopped in this group
+    /// Returns the number of processes the kernel's OOM killer stopped in this group
     /// because it reached its memory limit.
     pub fn oom_kills(&self) -> u64 {
         let dir = self.memory_dir();

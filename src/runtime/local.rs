@@ -288,8 +288,8 @@ impl LocalInstance {
 }
 
 impl Drop for LocalInstance {
-    /// An instance dropped without `stop` still has its bwrap killed
-    /// (`kill_on_drop`); its cgroup is removed in the background.
+    /// Removes the cgroup of an instance dropped without `stop`, in the
+    /// background. Its bwrap is killed by `kill_on_drop`.
     fn drop(&mut self) {
         let Some(cgroup) = self.cgroup.get_mut().take() else { return };
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -303,8 +303,8 @@ impl Drop for LocalInstance {
     }
 }
 
-/// The bwrap command for an instance: the sandbox's arguments, then the
-/// interpreter with the template's arguments, with a clean environment.
+/// Builds the bwrap command for an instance: the sandbox's arguments, then
+/// the interpreter with the template's arguments, with a clean environment.
 fn sandboxed_command(sandbox: &Sandbox, spec: &InstanceSpec) -> Command {
     let template_dir = spec.shim.parent().unwrap_or(Path::new("/"));
     let shim_inside = Path::new(sandbox::TEMPLATE_DIR).join(spec.shim.file_name().unwrap_or_default());
@@ -343,7 +343,7 @@ fn sandboxed_command(sandbox: &Sandbox, spec: &InstanceSpec) -> Command {
 
 /// Runs in the forked child before exec: joins the instance's cgroups, so
 /// bwrap and everything it starts is counted from the first instruction,
-/// moves the instance's socket to fd 3, and asks for SIGKILL when the server
+/// moves the instance's socket to fd 3, and requests SIGKILL when the server
 /// dies. Only async-signal-safe calls are allowed here.
 fn prepare_child(join_files: &[CString], instance_fd: i32) -> std::io::Result<()> {
     for file in join_files {
@@ -412,7 +412,7 @@ impl Instance for LocalInstance {
     }
 }
 
-/// How an instance ended, as the caller is told.
+/// The end of an instance, as reported to the caller.
 struct ExitDescription {
     text: String,
     code: Option<i32>,

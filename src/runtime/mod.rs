@@ -31,8 +31,8 @@ pub struct InstanceSpec {
     /// Folders the interpreter reads at run time (its installation prefix),
     /// which the instance may read.
     pub interpreter_paths: Vec<PathBuf>,
-    /// Arguments after the interpreter. `{shim}` stands for the shim's path
-    /// as the instance sees it, which the runtime fills in.
+    /// Arguments after the interpreter. `{shim}` is replaced by the runtime
+    /// with the shim's path inside the instance.
     pub args: Vec<String>,
     /// The shim file on the server's disk; its folder is the template folder.
     pub shim: PathBuf,

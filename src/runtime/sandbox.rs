@@ -3,12 +3,12 @@
 //! Each instance gets its own mount, PID, IPC, UTS and cgroup namespaces,
 //! and a user namespace where the kernel allows one, in which it runs as
 //! uid and gid 65534 with no capabilities. Its file system is a new tmpfs
-//! root holding only: the system folders (`/usr` and the `/bin`, `/lib`
-//! links) and a few files of `/etc` read-only, the interpreter's folders
-//! read-only, the script's code at [`CODE_DIR`] and the template at
-//! [`TEMPLATE_DIR`] read-only, a fresh `/proc` and `/dev`, and a private
-//! tmpfs `/tmp`. With `network` off it also gets its own network namespace,
-//! which has only a loopback interface.
+//! root. Read-only, it contains the system folders (`/usr` and the `/bin`,
+//! `/lib` links), a few files of `/etc`, the interpreter's folders, the
+//! script's code at [`CODE_DIR`] and the template at [`TEMPLATE_DIR`].
+//! It also contains a fresh `/proc` and `/dev` and a private tmpfs `/tmp`.
+//! With `network` off it gets its own network namespace, which has only a
+//! loopback interface.
 //!
 //! bwrap passes inherited file descriptors through, so the socket pair at
 //! fd 3 reaches the instance unchanged.
@@ -17,13 +17,13 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Where the script's code appears inside the sandbox.
+/// The path of the script's code inside the sandbox.
 pub const CODE_DIR: &str = "/kubefaas/code";
-/// Where the template folder, with the shim, appears inside the sandbox.
+/// The path of the template folder, with the shim, inside the sandbox.
 pub const TEMPLATE_DIR: &str = "/kubefaas/template";
 /// The uid and gid an instance runs as inside its user namespace ("nobody").
 const SANDBOX_ID: &str = "65534";
-/// The host name an instance sees.
+/// The host name inside the sandbox.
 const HOSTNAME: &str = "kubefaas";
 
 /// Top-level folders that hold programs and libraries. Each is bound
@@ -65,7 +65,7 @@ pub enum SandboxError {
     },
 }
 
-/// What a sandbox binds for one instance.
+/// The folders and network access of one instance's sandbox.
 #[derive(Debug, Clone)]
 pub struct SandboxMounts<'a> {
     /// The built script's files, shown read-only at [`CODE_DIR`].
@@ -144,7 +144,7 @@ impl Sandbox {
         }
     }
 
-    /// The bwrap arguments for one instance, ending with `--`: the
+    /// Returns the bwrap arguments for one instance, ending with `--`: the
     /// interpreter and its arguments follow.
     pub fn arguments(&self, mounts: &SandboxMounts) -> Vec<OsString> {
         let mut arguments = self.namespace_arguments(mounts.network);
@@ -230,7 +230,7 @@ mod tests {
     }
 
     #[test]
-    fn arguments_bind_code_read_only_and_cut_network_on_request() {
+    fn arguments_bind_code_read_only() {
         let sandbox = Sandbox { bwrap: "/usr/bin/bwrap".into(), user_namespace: true };
         let interpreter_paths = [PathBuf::from("/opt/python3.11"), PathBuf::from("/usr/lib/python3")];
         let mut mounts = SandboxMounts {

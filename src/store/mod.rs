@@ -58,8 +58,8 @@ pub struct ScriptVersion {
     pub secrets: Secrets,
 }
 
-/// How a script's instances run, as its kubefaas.toml sets it. A field left
-/// out takes the server's default.
+/// Run settings of a script's instances, from its kubefaas.toml. A field
+/// left out takes the server's default.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunSettings {
     /// Memory per instance, in MiB.

@@ -126,7 +126,7 @@ impl Server {
         }
     }
 
-    /// The cgroup folders of the server's running instances, one per
+    /// Returns the cgroup folders of the server's running instances, one per
     /// instance for cgroup v2 and one per instance and controller for v1.
     pub fn instance_cgroups(&self) -> Vec<PathBuf> {
         let mut dirs = Vec::new();
@@ -272,7 +272,7 @@ impl Drop for Server {
     }
 }
 
-/// The cgroup folders a server with `pid` creates: `kubefaas-{pid}` below
+/// Returns the cgroup folders a server with `pid` creates: `kubefaas-{pid}` below
 /// its own cgroup, in the v2 hierarchy or in each v1 controller it uses.
 pub fn server_cgroup_groups(pid: u32) -> Vec<PathBuf> {
     let root = Path::new("/sys/fs/cgroup");
@@ -298,7 +298,7 @@ pub fn server_cgroup_groups(pid: u32) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The memory the process `pid` has used at its peak (VmHWM), in bytes.
+/// Returns the peak memory (VmHWM) of the process `pid`, in bytes.
 pub fn peak_memory_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading the process status");
     let kib: u64 = status
