@@ -134,6 +134,9 @@ impl Cgroups {
 
         for parent in &parents {
             remove_stale_groups(parent);
+            // A group with this server's name was left by an earlier
+            // process that had the same pid.
+            remove_group_tree(&parent.join(&group_name));
         }
         if version == CgroupVersion::V2 {
             enable_controllers(&parents[0])?;
@@ -352,9 +355,7 @@ fn enable_controllers(group: &Path) -> Result<(), CgroupError> {
     })
 }
 
-/// Removes the groups of servers that are no longer running below `parent`,
-/// with their instance groups. A group that still has processes is left as
-/// it is, with a warning.
+/// Removes the groups of servers that are no longer running below `parent`.
 fn remove_stale_groups(parent: &Path) {
     let Ok(entries) = std::fs::read_dir(parent) else { return };
     for entry in entries.flatten() {
@@ -366,19 +367,27 @@ fn remove_stale_groups(parent: &Path) {
         if Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        let group = entry.path();
-        let children: Vec<PathBuf> = std::fs::read_dir(&group)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|child| child.file_type().is_ok_and(|kind| kind.is_dir()))
-            .map(|child| child.path())
-            .collect();
-        for dir in children.iter().chain(std::iter::once(&group)) {
-            match std::fs::remove_dir(dir) {
-                Ok(()) => tracing::info!(cgroup = %dir.display(), "removed a cgroup left by a stopped server"),
-                Err(error) => tracing::warn!(cgroup = %dir.display(), %error, "cannot remove a cgroup left by a stopped server"),
-            }
+        remove_group_tree(&entry.path());
+    }
+}
+
+/// Removes a server group left by a stopped server and the instance groups
+/// in it. A group that still has processes is left as it is, with a warning.
+fn remove_group_tree(group: &Path) {
+    if !group.is_dir() {
+        return;
+    }
+    let children: Vec<PathBuf> = std::fs::read_dir(group)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|child| child.file_type().is_ok_and(|kind| kind.is_dir()))
+        .map(|child| child.path())
+        .collect();
+    for dir in children.iter().map(PathBuf::as_path).chain(std::iter::once(group)) {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => tracing::info!(cgroup = %dir.display(), "removed a cgroup left by a stopped server"),
+            Err(error) => tracing::warn!(cgroup = %dir.display(), %error, "cannot remove a cgroup left by a stopped server"),
         }
     }
 }
@@ -535,9 +544,14 @@ mod tests {
         std::fs::create_dir_all(stale.join("instance-3")).unwrap();
         let running = temp.path().join(format!("pids/kubefaas-{}", std::process::id()));
         std::fs::create_dir_all(&running).unwrap();
+        // An earlier process with this server's pid left its group.
+        let same_pid = temp.path().join("cpu/kubefaas-4242");
+        std::fs::create_dir_all(same_pid.join("instance-9")).unwrap();
         Cgroups::setup(&placement(temp.path(), self_cgroup)).unwrap();
         assert!(!stale.exists(), "the group of a stopped server is removed");
         assert!(running.exists(), "the group of a running server is kept");
+        assert!(same_pid.is_dir(), "the server's group is created anew");
+        assert!(!same_pid.join("instance-9").exists(), "the earlier process's instance group is removed");
     }
 
     #[test]
