@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what kubefaas needs to build and run its templates, skipping
 # anything already present: a Rust toolchain is expected (rustup); Python 3,
-# Node.js with npm, PHP with composer, and Ruby with bundler come from
+# Node.js with npm, PHP with composer, Ruby with bundler, and bubblewrap
+# (the instance sandbox) come from
 # Debian's packages when missing.
 set -euo pipefail
 
@@ -17,6 +18,7 @@ command -v bundle >/dev/null 2>&1 || missing_packages+=(bundler)
 if [ "${1:-}" = "--tests" ] && ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then
   missing_packages+=(python3-venv)
 fi
+command -v bwrap >/dev/null 2>&1 || missing_packages+=(bubblewrap)
 
 if [ "${#missing_packages[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -1,12 +1,15 @@
 //! Server settings: defaults, then the `--config` TOML file, then flags.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
 
 use crate::builder::artifact_store::ArtifactStoreConfig;
+/// The minimum memory of an instance, in MiB. A Python 3.11 interpreter with
+/// the shim's modules loaded has a resident size of about 14 MiB in bwrap.
+pub const MIN_MEMORY_MIB: u64 = 32;
 
 /// Settings the controller runs with. In the TOML file, durations are in
 /// seconds and sizes in bytes, under the field names below.
@@ -34,6 +37,20 @@ pub struct Config {
     pub build_step_timeout_seconds: f64,
     /// Where layers and artifact manifests are stored.
     pub artifact_store: ArtifactStoreConfig,
+    /// Memory per instance, in MiB, for scripts whose kubefaas.toml sets none.
+    pub instance_memory_mib: u64,
+    /// The maximum memory per instance, in MiB, that a script may request.
+    pub max_instance_memory_mib: u64,
+    /// Processes and threads one instance may have at once.
+    pub max_pids_per_instance: u64,
+    /// The folder the cgroup hierarchies are mounted in.
+    pub cgroup_root: PathBuf,
+    /// The cgroup (a path such as `/kubefaas.slice`) to create instance
+    /// groups under; by default, the server's own cgroup.
+    pub cgroup_parent: Option<String>,
+    /// Runs instances without memory, PID and CPU limits when no usable
+    /// cgroup hierarchy is found, instead of refusing to start.
+    pub allow_no_cgroups: bool,
 }
 
 impl Default for Config {
@@ -49,6 +66,12 @@ impl Default for Config {
             retention_days: 14.0,
             build_step_timeout_seconds: 600.0,
             artifact_store: ArtifactStoreConfig::Default,
+            instance_memory_mib: 512,
+            max_instance_memory_mib: 512,
+            max_pids_per_instance: 256,
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            cgroup_parent: None,
+            allow_no_cgroups: false,
         }
     }
 }
@@ -70,6 +93,17 @@ impl Config {
         anyhow::ensure!(self.log_lines_per_script >= 1, "log_lines_per_script must be at least 1");
         anyhow::ensure!(self.retention_days > 0.0, "retention_days must be above 0");
         anyhow::ensure!(self.build_step_timeout_seconds > 0.0, "build_step_timeout_seconds must be above 0");
+        anyhow::ensure!(
+            self.instance_memory_mib >= MIN_MEMORY_MIB,
+            "instance_memory_mib must be at least {MIN_MEMORY_MIB}"
+        );
+        anyhow::ensure!(
+            self.instance_memory_mib <= self.max_instance_memory_mib,
+            "instance_memory_mib ({}) must not be above max_instance_memory_mib ({})",
+            self.instance_memory_mib,
+            self.max_instance_memory_mib
+        );
+        anyhow::ensure!(self.max_pids_per_instance >= 8, "max_pids_per_instance must be at least 8");
         Ok(())
     }
 

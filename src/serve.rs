@@ -11,7 +11,9 @@ use crate::builder::Builder;
 use crate::builder::artifact_store::ArtifactStore;
 use crate::config::Config;
 use crate::controller::{Controller, DataPaths};
+use crate::runtime::cgroup::{CgroupPlacement, Cgroups};
 use crate::runtime::local::LocalRuntime;
+use crate::runtime::sandbox::Sandbox;
 use crate::store::Store;
 use crate::templates::Templates;
 
@@ -22,6 +24,8 @@ pub struct ServeOptions {
     pub templates_dir: Option<PathBuf>,
     pub idle_timeout_seconds: Option<f64>,
     pub call_timeout_seconds: Option<f64>,
+    pub cgroup_root: Option<PathBuf>,
+    pub allow_no_cgroups: bool,
 }
 
 pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
@@ -43,7 +47,13 @@ async fn run(options: ServeOptions) -> anyhow::Result<()> {
     if let Some(seconds) = options.call_timeout_seconds {
         config.call_timeout_seconds = seconds;
     }
+    if let Some(root) = options.cgroup_root {
+        config.cgroup_root = root;
+    }
+    config.allow_no_cgroups |= options.allow_no_cgroups;
     config.validate()?;
+    let sandbox = Sandbox::detect(None)?;
+    tracing::info!(bwrap = %sandbox.bwrap().display(), user_namespace = sandbox.user_namespace(), "instance sandbox ready");
 
     let paths = DataPaths { root: options.data_dir.clone() };
     prepare_data_dir(&paths)?;
@@ -56,14 +66,18 @@ async fn run(options: ServeOptions) -> anyhow::Result<()> {
     tracing::info!(store = artifact_store.description(), "artifact store ready");
     let builder = Builder::new(artifact_store, store.clone(), paths.layers(), paths.temp(), config.build_step_timeout())
         .with_context(|| format!("creating {}", paths.layers().display()))?;
-    let controller = Arc::new(Controller::new(config, paths, store, templates, builder, Arc::new(LocalRuntime)));
-    tokio::spawn(controller.clone().run_idle_reaper());
-    tokio::spawn(controller.clone().run_garbage_collector());
-
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("listening on {}", options.listen))?;
     let address = listener.local_addr().context("reading the listening address")?;
+
+    // Created last, so that no earlier failure leaves a cgroup behind.
+    let cgroups = setup_cgroups(&config)?;
+    let runtime = Arc::new(LocalRuntime::new(sandbox, cgroups));
+    let controller = Arc::new(Controller::new(config, paths, store, templates, builder, runtime));
+    tokio::spawn(controller.clone().run_idle_reaper());
+    tokio::spawn(controller.clone().run_garbage_collector());
+
     tracing::info!(%address, data_dir = %options.data_dir.display(), "kubefaas serving");
     // Scripts and tests that start the server read this line to find the port.
     println!("kubefaas listening on http://{address}");
@@ -75,6 +89,39 @@ async fn run(options: ServeOptions) -> anyhow::Result<()> {
     tracing::info!("shutting down: stopping instances");
     controller.shutdown().await;
     Ok(())
+}
+
+/// Creates the server's cgroup, or returns None when the host has no usable
+/// hierarchy and the operator allowed running without limits.
+fn setup_cgroups(config: &Config) -> anyhow::Result<Option<Cgroups>> {
+    let self_cgroup = std::fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
+    let placement = CgroupPlacement {
+        root: &config.cgroup_root,
+        self_cgroup: &self_cgroup,
+        parent: config.cgroup_parent.as_deref(),
+        server_pid: std::process::id(),
+    };
+    match Cgroups::setup(&placement) {
+        Ok(cgroups) => {
+            tracing::info!(
+                version = %cgroups.version(),
+                groups = ?cgroups.server_groups(),
+                "instance cgroups ready"
+            );
+            Ok(Some(cgroups))
+        }
+        Err(error) if config.allow_no_cgroups => {
+            let warning = format!(
+                "WARNING: instances run WITHOUT memory, PID and CPU limits (allow_no_cgroups is set): {error}"
+            );
+            eprintln!("{warning}");
+            tracing::warn!("{warning}");
+            Ok(None)
+        }
+        Err(error) => Err(anyhow::Error::new(error).context(
+            "instances cannot get memory, PID and CPU limits; fix the cgroup setup, or pass --allow-no-cgroups to run scripts without limits",
+        )),
+    }
 }
 
 /// Creates the data dir's folders and empties `tmp`, which holds only

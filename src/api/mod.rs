@@ -89,7 +89,7 @@ async fn deploy_script(
         (None, Some(file_name)) => UploadKind::File { file_name },
         (None, None) => {
             return Err(ApiError::invalid(
-                "send a folder as an archive (Content-Type application/x-tar or application/gzip) or a single file with ?filename=NAME",
+                "send a folder as an archive (Content-Type application/x-tar, application/gzip or application/zip) or a single file with ?filename=NAME",
             ));
         }
     };
@@ -97,7 +97,11 @@ async fn deploy_script(
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse().ok());
-    let request = DeployRequest { name, kind, body, content_length };
+    let secrets = match headers.get(SECRETS_HEADER) {
+        Some(value) => parse_secrets_header(value.as_bytes())?,
+        None => Default::default(),
+    };
+    let request = DeployRequest { name, kind, body, content_length, secrets };
     if query.progress {
         return Ok(deploy_with_progress(controller, request));
     }
@@ -138,6 +142,24 @@ fn tokio_stream_from<T: Send + 'static>(
     mut receiver: tokio::sync::mpsc::UnboundedReceiver<T>,
 ) -> impl futures::Stream<Item = T> + Send + 'static {
     futures::stream::poll_fn(move |context| receiver.poll_recv(context))
+}
+
+/// The deploy header that carries secret changes: base64 of a JSON object
+/// mapping each name to its value, or to null to remove it. Base64 lets a
+/// value hold any text, which a header value cannot.
+pub const SECRETS_HEADER: &str = "kubefaas-secrets";
+
+fn parse_secrets_header(value: &[u8]) -> Result<std::collections::BTreeMap<String, Option<String>>, ApiError> {
+    use base64::Engine;
+    let invalid = |reason: String| {
+        ApiError::invalid(format!(
+            "invalid Kubefaas-Secrets header: {reason}; send base64 of a JSON object such as {{\"API_TOKEN\": \"value\", \"OLD\": null}}"
+        ))
+    };
+    let json = base64::engine::general_purpose::STANDARD
+        .decode(value)
+        .map_err(|error| invalid(format!("not base64 ({error})")))?;
+    serde_json::from_slice(&json).map_err(|error| invalid(format!("not a JSON object of strings ({error})")))
 }
 
 async fn delete_script(State(controller): State<AppState>, Path(name): Path<String>) -> Result<impl IntoResponse, ApiError> {

@@ -16,6 +16,9 @@ pub fn version(version: &ScriptVersion) -> Value {
         "source_bytes": version.source_bytes,
         "build_key": version.build_key,
         "created_at_ms": version.created_at_ms,
+        "settings": version.settings,
+        // Names only: secret values never leave the server.
+        "secrets": version.secrets.names(),
     })
 }
 

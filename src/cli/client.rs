@@ -42,11 +42,18 @@ impl Client {
 
     /// Sends an upload and returns the response for reading as it arrives;
     /// an error status is decoded into [`ClientError::Api`].
-    pub fn put_streaming(&self, path: &str, content_type: &str, body: Body) -> Result<Response, ClientError> {
-        let response = self
-            .http
-            .put(self.url(path))
-            .header("content-type", content_type)
+    pub fn put_streaming(
+        &self,
+        path: &str,
+        content_type: &str,
+        headers: &[(&str, String)],
+        body: Body,
+    ) -> Result<Response, ClientError> {
+        let mut request = self.http.put(self.url(path)).header("content-type", content_type);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let response = request
             .body(body)
             .send()
             .map_err(|source| ClientError::Unreachable { url: self.url(path), source })?;

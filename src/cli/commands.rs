@@ -16,7 +16,14 @@ use super::client::{Client, ClientError};
 /// Folders left out when a folder is packed for upload.
 const SKIPPED_FOLDERS: &[&str] = &[".git", "__pycache__"];
 
-pub fn deploy(client: &Client, path: &Path, name: Option<String>) -> anyhow::Result<ExitCode> {
+pub fn deploy(
+    client: &Client,
+    path: &Path,
+    name: Option<String>,
+    secrets: &[String],
+    removed_secrets: &[String],
+) -> anyhow::Result<ExitCode> {
+    let secret_changes = secret_changes(secrets, removed_secrets)?;
     let metadata = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
     let name = match name {
         Some(name) => name,
@@ -36,9 +43,14 @@ pub fn deploy(client: &Client, path: &Path, name: Option<String>) -> anyhow::Res
     let size = file.metadata().map(|metadata| metadata.len()).unwrap_or(0);
     eprintln!("uploading {name} ({size} bytes)");
     let body = reqwest::blocking::Body::sized(file, size);
+    let mut headers = Vec::new();
+    if !secret_changes.is_empty() {
+        let json = serde_json::to_vec(&secret_changes).context("encoding the secrets")?;
+        headers.push(("kubefaas-secrets", BASE64.encode(json)));
+    }
     let separator = if query.is_empty() { '?' } else { '&' };
     let path = format!("/v1/scripts/{name}{query}{separator}progress=true");
-    let response = match client.put_streaming(&path, content_type, body) {
+    let response = match client.put_streaming(&path, content_type, &headers, body) {
         Ok(response) => response,
         Err(error) => return report(error),
     };
@@ -113,6 +125,31 @@ impl ProgressPrinter {
             self.drawn = false;
         }
     }
+}
+
+/// Collects `--secret` and `--remove-secret` into the changes the server
+/// applies: a value sets a secret, null removes it.
+fn secret_changes(secrets: &[String], removed: &[String]) -> anyhow::Result<Map<String, Value>> {
+    let mut changes = Map::new();
+    for secret in secrets {
+        let (name, value) = match secret.split_once('=') {
+            Some((name, value)) => (name.to_string(), value.to_string()),
+            None => {
+                let value = std::env::var(secret).with_context(|| {
+                    format!("--secret {secret}: no environment variable {secret} to take the value from; write --secret {secret}=VALUE")
+                })?;
+                (secret.clone(), value)
+            }
+        };
+        changes.insert(name, Value::String(value));
+    }
+    for name in removed {
+        if changes.contains_key(name) {
+            anyhow::bail!("secret {name} is both set with --secret and removed with --remove-secret");
+        }
+        changes.insert(name.clone(), Value::Null);
+    }
+    Ok(changes)
 }
 
 pub fn invoke(
@@ -191,6 +228,22 @@ pub fn show(client: &Client, name: &str) -> anyhow::Result<ExitCode> {
     if build.is_object() {
         let state = if build["succeeded"].as_bool() == Some(true) { "succeeded" } else { "failed" };
         println!("build:      {state} in {} ms, {}", build["duration_ms"], format_time(&build["finished_at_ms"]));
+    }
+    let settings = &response["settings"];
+    let or_default = |value: &Value, unit: &str| match value {
+        Value::Null => "server default".to_string(),
+        value => format!("{value}{unit}"),
+    };
+    println!("memory:     {}", or_default(&settings["memory_mib"], " MiB"));
+    println!("timeout:    {}", or_default(&settings["timeout_seconds"], " s"));
+    println!("cpu weight: {}", or_default(&settings["cpu_weight"], ""));
+    let network = if settings["network"] == Value::Bool(false) { "off" } else { "on" };
+    println!("network:    {network}");
+    for (name, value) in settings["env"].as_object().into_iter().flatten() {
+        println!("env:        {name}={}", value.as_str().unwrap_or_default());
+    }
+    for name in response["secrets"].as_array().into_iter().flatten() {
+        println!("secret:     {} (value hidden)", name.as_str().unwrap_or_default());
     }
     println!("instances:  {}", response["instances"]);
     println!("created:    {}", format_time(&response["created_at_ms"]));
@@ -304,7 +357,7 @@ fn default_name(path: &Path) -> String {
         .ok()
         .and_then(|path| path.file_name().map(|name| name.to_string_lossy().into_owned()))
         .unwrap_or_default();
-    let stem = ["tar.gz", "tgz", "tar"]
+    let stem = ["tar.gz", "tgz", "tar", "zip"]
         .iter()
         .find_map(|extension| file_name.strip_suffix(&format!(".{extension}")))
         .map(str::to_string)
@@ -326,6 +379,8 @@ fn archive_content_type(file_name: &str) -> Option<&'static str> {
         Some("application/gzip")
     } else if file_name.ends_with(".tar") {
         Some("application/x-tar")
+    } else if file_name.ends_with(".zip") {
+        Some("application/zip")
     } else {
         None
     }

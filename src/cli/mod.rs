@@ -43,13 +43,28 @@ enum Command {
         /// Seconds a call may take, including an instance's start.
         #[arg(long)]
         call_timeout: Option<f64>,
+        /// Folder the cgroup hierarchies are mounted in.
+        #[arg(long)]
+        cgroup_root: Option<PathBuf>,
+        /// Run instances without memory, PID and CPU limits if no usable
+        /// cgroup hierarchy is found. Not for scripts you do not trust.
+        #[arg(long)]
+        allow_no_cgroups: bool,
     },
-    /// Upload a file, folder or archive (.tar, .tar.gz, .tgz) as a new version.
+    /// Upload a file, folder or archive (.tar, .tar.gz, .tgz, .zip) as a new version.
     Deploy {
         path: PathBuf,
         /// Script name; defaults to the file or folder name.
         #[arg(long)]
         name: Option<String>,
+        /// A secret environment variable, as NAME=VALUE, or NAME alone to take
+        /// the value from this shell's environment; repeat for more. Secrets
+        /// are kept across deploys until removed.
+        #[arg(long = "secret", value_name = "NAME[=VALUE]")]
+        secrets: Vec<String>,
+        /// Removes a secret; repeat for more.
+        #[arg(long = "remove-secret", value_name = "NAME")]
+        removed_secrets: Vec<String>,
     },
     /// Invoke a script and print the payload it returned.
     Invoke {
@@ -86,7 +101,7 @@ enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = client::Client::new(&cli.server);
     match cli.command {
-        Command::Serve { listen, data_dir, config, templates, idle_timeout, call_timeout } => {
+        Command::Serve { listen, data_dir, config, templates, idle_timeout, call_timeout, cgroup_root, allow_no_cgroups } => {
             let data_dir = match data_dir {
                 Some(dir) => dir,
                 None => default_data_dir()?,
@@ -98,10 +113,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 templates_dir: templates,
                 idle_timeout_seconds: idle_timeout,
                 call_timeout_seconds: call_timeout,
+                cgroup_root,
+                allow_no_cgroups,
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Deploy { path, name } => commands::deploy(&client, &path, name),
+        Command::Deploy { path, name, secrets, removed_secrets } => {
+            commands::deploy(&client, &path, name, &secrets, &removed_secrets)
+        }
         Command::Invoke { name, data, variables, meta, json } => {
             commands::invoke(&client, &name, data.as_deref(), &variables, &meta, json)
         }

@@ -13,12 +13,15 @@ use crate::builder::{Artifact, BuildInput, Builder};
 use crate::config::Config;
 use crate::error::{ApiError, ErrorKind};
 use crate::runtime::logs::{LogBuffer, LogLine};
-use crate::runtime::{CallData, CallReply, InstanceSpec, Runtime};
+use crate::runtime::{CallData, CallReply, InstanceSpec, ResourceLimits, Runtime};
 use crate::store::{BuildRecord, Script, ScriptVersion, Store};
 use crate::templates::{Template, Templates};
 use pool::{Pool, PoolLimits};
 
 pub use deploy::{DeployRequest, Deployed};
+
+/// The CPU weight of an instance whose script sets none (the cgroup v2 default).
+pub const DEFAULT_CPU_WEIGHT: u64 = 100;
 
 /// Where the server keeps its files, all under one data dir.
 #[derive(Debug, Clone)]
@@ -185,20 +188,8 @@ impl Controller {
         let script = self.script(name)?;
         let version = script.current;
         let artifact = self.artifact(&version).await?;
-        let template = self.template(&version.template)?;
-        let (interpreter, args) = template.command_line();
-        let timeout = self.config.call_timeout();
-        let spec = InstanceSpec {
-            script: name.to_string(),
-            build_key: version.build_key.clone(),
-            interpreter,
-            args,
-            env: template.run_env(&artifact.dependencies_dir),
-            code_dir: artifact.code_dir.clone(),
-            entry: artifact.manifest.entry.clone(),
-            logs: self.log_buffer(name),
-            start_timeout: timeout,
-        };
+        let spec = self.instance_spec(&version, &artifact)?;
+        let timeout = spec.start_timeout;
         let limits = PoolLimits {
             max_instances: self.config.max_instances_per_script,
             concurrency: self.config.instance_concurrency,
@@ -228,6 +219,51 @@ impl Controller {
         }
     }
 
+    /// Describes the instances of a version: its template's command, the
+    /// script's settings within the server's limits, and its secrets.
+    fn instance_spec(&self, version: &ScriptVersion, artifact: &Artifact) -> Result<InstanceSpec, ApiError> {
+        let template = self.template(&version.template)?;
+        let settings = &version.settings;
+        let timeout = settings.timeout_seconds.map_or_else(|| self.config.call_timeout(), Duration::from_secs_f64);
+        let mut memory_mib = settings.memory_mib.unwrap_or(self.config.instance_memory_mib);
+        if memory_mib > self.config.max_instance_memory_mib {
+            // Deploy rejects such a value; this version was deployed while
+            // the server allowed more.
+            tracing::warn!(
+                script = %version.name,
+                version = version.version,
+                memory_mib,
+                max_instance_memory_mib = self.config.max_instance_memory_mib,
+                "the script asks for more memory than the server allows; using the server's maximum"
+            );
+            memory_mib = self.config.max_instance_memory_mib;
+        }
+        let mut env = template.spec.run.env.clone();
+        env.extend(settings.env.clone());
+        Ok(InstanceSpec {
+            script: version.name.clone(),
+            version: version.version,
+            build_key: version.build_key.clone(),
+            interpreter: template.interpreter.clone(),
+            interpreter_paths: template.interpreter_paths.clone(),
+            args: template.spec.run.args.clone(),
+            shim: template.shim_path.clone(),
+            env,
+            secrets: version.secrets.clone(),
+            code_dir: artifact.code_dir.clone(),
+            dependencies_dir: artifact.dependencies_dir.clone(),
+            entry: artifact.manifest.entry.clone(),
+            logs: self.log_buffer(&version.name),
+            start_timeout: timeout,
+            limits: ResourceLimits {
+                memory_bytes: memory_mib * 1024 * 1024,
+                pids: self.config.max_pids_per_instance,
+                cpu_weight: settings.cpu_weight.unwrap_or(DEFAULT_CPU_WEIGHT),
+            },
+            network: settings.network.unwrap_or(true),
+        })
+    }
+
     /// Stops idle instances every `period` until the server stops.
     pub async fn run_idle_reaper(self: Arc<Self>) {
         let idle = self.config.idle_timeout();
@@ -249,6 +285,7 @@ impl Controller {
         for pool in pools {
             pool.close().await;
         }
+        self.runtime.shutdown().await;
     }
 }
 

@@ -14,7 +14,8 @@ use crate::runtime::{Instance, InstanceSpec, Runtime};
 
 struct Slot {
     instance: Arc<dyn Instance>,
-    build_key: String,
+    /// The instance's [`InstanceSpec::pool_key`].
+    key: String,
     in_flight: usize,
     last_used: Instant,
 }
@@ -30,8 +31,8 @@ struct PoolState {
     /// failed while it waited was meant for it.
     failed_starts: u64,
     last_start_error: Option<ApiError>,
-    /// The build key new calls use; instances of other keys are stopped
-    /// once idle.
+    /// The pool key new calls use; instances of other keys are stopped once
+    /// idle.
     current_key: String,
     /// Set when the script is deleted: instances stop as their calls end.
     closed: bool,
@@ -59,7 +60,7 @@ impl Pool {
         self.state.lock().expect("pool state poisoned")
     }
 
-    /// Returns an instance of `spec.build_key` with a free call slot, starting
+    /// Returns an instance of `spec.pool_key()` with a free call slot, starting
     /// one if none is free and the limit allows. Waits until `deadline`.
     pub async fn acquire(
         self: &Arc<Self>,
@@ -69,6 +70,7 @@ impl Pool {
         deadline: tokio::time::Instant,
         timeout: Duration,
     ) -> Result<Lease, ApiError> {
+        let key = spec.pool_key();
         let mut failures_seen = None;
         let mut counted_as_waiting = false;
         let result = loop {
@@ -80,7 +82,7 @@ impl Pool {
                 if state.closed {
                     break Err(ApiError::not_found(&self.script));
                 }
-                state.current_key = spec.build_key.clone();
+                state.current_key = key.clone();
                 state.slots.retain(|slot| slot.instance.is_alive() || slot.in_flight > 0);
                 let failures = *failures_seen.get_or_insert(state.failed_starts);
                 if state.failed_starts > failures {
@@ -92,7 +94,7 @@ impl Pool {
                     .slots
                     .iter_mut()
                     .filter(|slot| {
-                        slot.build_key == spec.build_key && slot.instance.is_alive() && slot.in_flight < limits.concurrency
+                        slot.key == key && slot.instance.is_alive() && slot.in_flight < limits.concurrency
                     })
                     .min_by_key(|slot| slot.in_flight);
                 if let Some(slot) = free {
@@ -104,7 +106,7 @@ impl Pool {
                     state.waiting += 1;
                     counted_as_waiting = true;
                 }
-                let running = state.slots.iter().filter(|slot| slot.build_key == spec.build_key).count();
+                let running = state.slots.iter().filter(|slot| slot.key == key).count();
                 let capacity_coming = state.starting * limits.concurrency;
                 if running + state.starting < limits.max_instances && capacity_coming < state.waiting {
                     state.starting += 1;
@@ -146,7 +148,7 @@ impl Pool {
                         );
                         state.slots.push(Slot {
                             instance,
-                            build_key: spec.build_key.clone(),
+                            key: spec.pool_key(),
                             in_flight: 0,
                             last_used: Instant::now(),
                         });
@@ -177,7 +179,7 @@ impl Pool {
             let mut stopped = Vec::new();
             state.slots.retain(|slot| {
                 let unused = slot.in_flight == 0
-                    && (closed || slot.build_key != current_key || slot.last_used.elapsed() >= idle);
+                    && (closed || slot.key != current_key || slot.last_used.elapsed() >= idle);
                 if unused || (!slot.instance.is_alive() && slot.in_flight == 0) {
                     stopped.push(slot.instance.clone());
                     false

@@ -1,9 +1,12 @@
-//! The local runtime: each instance is a child process of the server in its
-//! own process group, connected by a Unix socket pair passed as fd 3. The
-//! child's stdout and stderr go to the script's log buffer.
+//! The local runtime: each instance is a bubblewrap sandbox (see
+//! [`super::sandbox`]) in its own process group and its own cgroup (see
+//! [`super::cgroup`]), connected to the server by a Unix socket pair passed
+//! as fd 3. The instance's stdout and stderr go to the script's log buffer.
 
+use std::ffi::CString;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,26 +17,50 @@ use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
+use super::cgroup::{Cgroups, InstanceCgroup};
 use super::logs::{LogBuffer, capture_lines};
 use super::protocol::{CallHeader, FrameError, read_frame, write_frame};
-use super::{CallData, CallReply, Instance, InstanceSpec, Runtime};
+use super::sandbox::{self, Sandbox, SandboxMounts};
+use super::{CallData, CallReply, Instance, InstanceSpec, ResourceLimits, Runtime};
 use crate::error::{ApiError, ErrorKind};
+use crate::store::Secrets;
 
 /// The fd number the shim finds its end of the socket pair at.
 const INSTANCE_FD: i32 = 3;
 /// Lines of the script's stderr returned with `crashed`.
 const STDERR_TAIL_LINES: usize = 20;
+const MIB: u64 = 1024 * 1024;
 
 static NEXT_INSTANCE_ID: AtomicU64 = AtomicU64::new(1);
 
-#[derive(Default)]
-pub struct LocalRuntime;
+pub struct LocalRuntime {
+    sandbox: Sandbox,
+    /// None when the operator chose to run without limits on a host with no
+    /// usable cgroup hierarchy.
+    cgroups: Option<Cgroups>,
+}
+
+impl LocalRuntime {
+    pub fn new(sandbox: Sandbox, cgroups: Option<Cgroups>) -> LocalRuntime {
+        LocalRuntime { sandbox, cgroups }
+    }
+}
 
 impl Runtime for LocalRuntime {
     fn start(&self, spec: InstanceSpec) -> BoxFuture<'_, Result<Arc<dyn Instance>, ApiError>> {
         Box::pin(async move {
-            let instance = LocalInstance::start(spec).await?;
+            let instance = LocalInstance::start(self, spec).await?;
             Ok(Arc::new(instance) as Arc<dyn Instance>)
+        })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(cgroups) = &self.cgroups
+                && let Err(error) = cgroups.remove().await
+            {
+                tracing::warn!(error = %error, "removing the server's cgroups failed");
+            }
         })
     }
 }
@@ -43,83 +70,70 @@ pub struct LocalInstance {
     pid: i32,
     connection: tokio::sync::Mutex<UnixStream>,
     child: tokio::sync::Mutex<Child>,
+    /// Taken when the instance stops and its group is removed.
+    cgroup: tokio::sync::Mutex<Option<InstanceCgroup>>,
     stderr_reader: std::sync::Mutex<Option<JoinHandle<()>>>,
     logs: Arc<LogBuffer>,
+    limits: ResourceLimits,
+    secrets: Secrets,
     next_call_id: AtomicU64,
     alive: AtomicBool,
 }
 
 impl LocalInstance {
-    async fn start(spec: InstanceSpec) -> Result<LocalInstance, ApiError> {
+    async fn start(runtime: &LocalRuntime, spec: InstanceSpec) -> Result<LocalInstance, ApiError> {
         let id = NEXT_INSTANCE_ID.fetch_add(1, Ordering::Relaxed);
-        let span = tracing::info_span!("instance", script = %spec.script, instance = id);
+        let span = tracing::info_span!("instance", script = %spec.script, version = spec.version, instance = id);
         let (server_end, instance_end) = std::os::unix::net::UnixStream::pair()
             .map_err(|error| ApiError::internal(anyhow::anyhow!("creating a socket pair: {error}")))?;
 
-        let mut command = Command::new(&spec.interpreter);
-        command
-            .args(&spec.args)
-            .current_dir(&spec.code_dir)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()))
-            .env("LANG", "C.UTF-8")
-            .env("HOME", "/tmp")
-            .envs(&spec.env)
-            .env("KUBEFAAS_FD", INSTANCE_FD.to_string())
-            .env("KUBEFAAS_CODE_DIR", &spec.code_dir)
-            .env("KUBEFAAS_ENTRY", &spec.entry)
-            .env("KUBEFAAS_SCRIPT", &spec.script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
+        let cgroup = match &runtime.cgroups {
+            Some(cgroups) => Some(cgroups.create_instance(&format!("instance-{id}"), &spec.limits).map_err(ApiError::internal)?),
+            None => {
+                tracing::warn!(parent: &span, "starting an instance WITHOUT memory, PID and CPU limits: no usable cgroup hierarchy");
+                None
+            }
+        };
+        let mut command = sandboxed_command(&runtime.sandbox, &spec);
+        let join_files = cgroup.as_ref().map(InstanceCgroup::procs_files).unwrap_or_default();
         let instance_fd = instance_end.as_raw_fd();
         // SAFETY: the closure runs in the forked child before exec and calls
-        // only async-signal-safe functions (dup2, fcntl, prctl).
+        // only async-signal-safe functions (open, write, close, dup2, fcntl,
+        // prctl) on data prepared before the fork.
         unsafe {
-            command.pre_exec(move || {
-                if instance_fd == INSTANCE_FD {
-                    // dup2 onto itself keeps close-on-exec set, so clear it.
-                    if libc::fcntl(INSTANCE_FD, libc::F_SETFD, 0) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                } else if libc::dup2(instance_fd, INSTANCE_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // Instances must not outlive a server that is killed. The signal
-                // fires when the forking thread exits; this runs on a runtime
-                // worker thread, which lives as long as the server.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            command.pre_exec(move || prepare_child(&join_files, instance_fd));
         }
-        let mut child = command.spawn().map_err(|error| {
-            ApiError::internal(anyhow::anyhow!("starting {}: {error}", spec.interpreter.display()))
-        })?;
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(error) => {
+                if let Some(cgroup) = cgroup {
+                    let _ = cgroup.remove().await;
+                }
+                return Err(ApiError::internal(anyhow::anyhow!(
+                    "starting {} for {}: {error}",
+                    runtime.sandbox.bwrap().display(),
+                    spec.interpreter.display()
+                )));
+            }
+        };
         drop(instance_end);
         let pid = child.id().map_or(0, |pid| pid as i32);
 
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
-        tokio::spawn(capture_lines(stdout, spec.logs.clone(), id, "stdout"));
-        let stderr_reader = tokio::spawn(capture_lines(stderr, spec.logs.clone(), id, "stderr"));
-
-        server_end
-            .set_nonblocking(true)
-            .map_err(|error| ApiError::internal(anyhow::anyhow!("configuring the instance socket: {error}")))?;
-        let connection = UnixStream::from_std(server_end)
-            .map_err(|error| ApiError::internal(anyhow::anyhow!("registering the instance socket: {error}")))?;
+        tokio::spawn(capture_lines(stdout, spec.logs.clone(), id, "stdout", spec.secrets.clone()));
+        let stderr_reader = tokio::spawn(capture_lines(stderr, spec.logs.clone(), id, "stderr", spec.secrets.clone()));
 
         let instance = LocalInstance {
             id,
             pid,
-            connection: tokio::sync::Mutex::new(connection),
+            connection: tokio::sync::Mutex::new(connect(server_end)?),
             child: tokio::sync::Mutex::new(child),
+            cgroup: tokio::sync::Mutex::new(cgroup),
             stderr_reader: std::sync::Mutex::new(Some(stderr_reader)),
             logs: spec.logs.clone(),
+            limits: spec.limits,
+            secrets: spec.secrets.clone(),
             next_call_id: AtomicU64::new(1),
             alive: AtomicBool::new(true),
         };
@@ -129,8 +143,7 @@ impl LocalInstance {
         };
         match ready {
             Ok(Ok((header, _))) if header.ready => {
-                let _entered = span.enter();
-                tracing::info!(pid, "instance ready");
+                tracing::info!(parent: &span, pid, "instance ready");
                 Ok(instance)
             }
             Ok(Ok(_)) => {
@@ -185,20 +198,23 @@ impl LocalInstance {
                 error_type: "Error".into(),
                 message: "the script failed without a message".into(),
             });
-            return Err(ApiError::new(ErrorKind::ScriptError, format!("{}: {}", failure.error_type, failure.message))
-                .with("error_type", failure.error_type));
+            let message = self.secrets.mask(&format!("{}: {}", failure.error_type, failure.message));
+            return Err(ApiError::new(ErrorKind::ScriptError, message).with("error_type", failure.error_type));
         }
+        let logs = reply.logs.unwrap_or_default().iter().map(|line| self.secrets.mask(line)).collect();
         Ok(CallReply {
             payload: reply.has_payload.then_some(body),
             variables: reply.variables,
             meta: reply.meta,
             flow: reply.flow,
-            logs: reply.logs.unwrap_or_default(),
+            logs,
         })
     }
 
-    /// Builds the `crashed` error for an instance whose connection failed:
-    /// waits briefly for the exit status and the last stderr lines.
+    /// Builds the error for an instance whose connection failed: waits
+    /// briefly for the exit status and the last stderr lines, then reports
+    /// `out_of_memory` if the kernel stopped a process of the instance at
+    /// its memory limit, else `crashed`.
     async fn exit_error(&self, error: &FrameError, when: &str) -> ApiError {
         self.alive.store(false, Ordering::Release);
         let status = {
@@ -208,30 +224,44 @@ impl LocalInstance {
                 _ => None,
             }
         };
+        let oom_kills = self.cgroup.lock().await.as_ref().map_or(0, InstanceCgroup::oom_kills);
         self.stop_now().await;
         let reader = self.stderr_reader.lock().expect("stderr reader lock poisoned").take();
         if let Some(reader) = reader {
             let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
         }
         let stderr_tail = self.logs.tail(self.id, "stderr", STDERR_TAIL_LINES).join("\n");
-        let mut api_error = match status {
-            Some(status) => {
-                let exit = describe_exit(status);
-                ApiError::new(ErrorKind::Crashed, format!("the instance {exit} {when}"))
-                    .with("exit_code", status.code())
-                    .with("signal", status.signal())
+        let mut api_error = if oom_kills > 0 {
+            let limit = self.limits.memory_bytes;
+            let limit_text = if limit % MIB == 0 { format!("{} MiB", limit / MIB) } else { format!("{limit} bytes") };
+            ApiError::new(
+                ErrorKind::OutOfMemory,
+                format!("the instance reached its memory limit of {limit_text} {when} and was stopped"),
+            )
+            .with("limit_bytes", limit)
+        } else {
+            match status {
+                Some(status) => {
+                    let exit = describe_exit(status);
+                    ApiError::new(ErrorKind::Crashed, format!("the instance {} {when}", exit.text))
+                        .with("exit_code", exit.code)
+                        .with("signal", exit.signal)
+                }
+                None => ApiError::new(ErrorKind::Crashed, format!("the instance connection failed {when}: {error}")),
             }
-            None => ApiError::new(ErrorKind::Crashed, format!("the instance connection failed {when}: {error}")),
         };
         if !stderr_tail.is_empty() {
-            api_error.message.push_str(&format!(": {}", summary_line(&stderr_tail)));
+            if api_error.kind == ErrorKind::Crashed {
+                api_error.message.push_str(&format!(": {}", summary_line(&stderr_tail)));
+            }
             api_error = api_error.with("stderr_tail", stderr_tail);
         }
         tracing::warn!(instance = self.id, pid = self.pid, error = %api_error, "instance failed");
         api_error
     }
 
-    /// Kills the whole process group and reaps the child.
+    /// Kills the whole process group, reaps the child and removes the
+    /// instance's cgroup once its processes are gone.
     async fn stop_now(&self) {
         self.alive.store(false, Ordering::Release);
         if self.pid > 0 {
@@ -242,9 +272,124 @@ impl LocalInstance {
                 libc::kill(-self.pid, libc::SIGKILL);
             }
         }
-        let mut child = self.child.lock().await;
-        let _ = child.kill().await;
+        {
+            let mut child = self.child.lock().await;
+            let _ = child.kill().await;
+        }
+        // Killing bwrap kills the sandbox's PID namespace, and with it every
+        // process of the instance; the group empties as they exit.
+        let cgroup = self.cgroup.lock().await.take();
+        if let Some(cgroup) = cgroup
+            && let Err(error) = cgroup.remove().await
+        {
+            tracing::warn!(instance = self.id, %error, "removing the instance's cgroup failed");
+        }
     }
+}
+
+impl Drop for LocalInstance {
+    /// Removes the cgroup of an instance dropped without `stop`, in the
+    /// background. Its bwrap is killed by `kill_on_drop`.
+    fn drop(&mut self) {
+        let Some(cgroup) = self.cgroup.get_mut().take() else { return };
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let id = self.id;
+            handle.spawn(async move {
+                if let Err(error) = cgroup.remove().await {
+                    tracing::warn!(instance = id, %error, "removing the instance's cgroup failed");
+                }
+            });
+        }
+    }
+}
+
+/// Builds the bwrap command for an instance: the sandbox's arguments, then
+/// the interpreter with the template's arguments, with a clean environment.
+fn sandboxed_command(sandbox: &Sandbox, spec: &InstanceSpec) -> Command {
+    let template_dir = spec.shim.parent().unwrap_or(Path::new("/"));
+    let shim_inside = Path::new(sandbox::TEMPLATE_DIR).join(spec.shim.file_name().unwrap_or_default());
+    let shim_inside = shim_inside.to_string_lossy();
+    let mounts = SandboxMounts {
+        code_dir: &spec.code_dir,
+        dependencies_dir: &spec.dependencies_dir,
+        template_dir,
+        interpreter_paths: &spec.interpreter_paths,
+        network: spec.network,
+        tmp_bytes: spec.limits.memory_bytes,
+    };
+    let interpreter_dir = spec.interpreter.parent().map(PathBuf::from).unwrap_or_default();
+    let mut command = Command::new(sandbox.bwrap());
+    command
+        .args(sandbox.arguments(&mounts))
+        .arg(&spec.interpreter)
+        .args(spec.args.iter().map(|arg| arg.replace("{shim}", &shim_inside)))
+        .current_dir("/")
+        .env_clear()
+        .env("PATH", format!("{}:/usr/local/bin:/usr/bin:/bin", interpreter_dir.display()))
+        .env("LANG", "C.UTF-8")
+        .env("HOME", "/tmp")
+        .envs(spec.env.iter().map(|(key, value)| (key, value.replace("{dependencies}", sandbox::DEPENDENCIES_DIR))))
+        .envs(&spec.secrets.0)
+        .env("KUBEFAAS_FD", INSTANCE_FD.to_string())
+        .env("KUBEFAAS_CODE_DIR", sandbox::CODE_DIR)
+        .env("KUBEFAAS_ENTRY", &spec.entry)
+        .env("KUBEFAAS_SCRIPT", &spec.script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs in the forked child before exec: joins the instance's cgroups, so
+/// bwrap and everything it starts is counted from the first instruction,
+/// moves the instance's socket to fd 3, and requests SIGKILL when the server
+/// dies. Only async-signal-safe calls are allowed here.
+fn prepare_child(join_files: &[CString], instance_fd: i32) -> std::io::Result<()> {
+    for file in join_files {
+        // SAFETY: `file` is a valid NUL-terminated path; the fd is closed
+        // before the next iteration.
+        unsafe {
+            let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Writing 0 to cgroup.procs moves the writing process.
+            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+            let error = std::io::Error::last_os_error();
+            libc::close(fd);
+            if written != 1 {
+                return Err(error);
+            }
+        }
+    }
+    // SAFETY: plain syscalls on integer arguments.
+    unsafe {
+        if instance_fd == INSTANCE_FD {
+            // dup2 onto itself keeps close-on-exec set, so clear it.
+            if libc::fcntl(INSTANCE_FD, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        } else if libc::dup2(instance_fd, INSTANCE_FD) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // Instances must not outlive a server that is killed. The signal
+        // fires when the forking thread exits; this runs on a runtime
+        // worker thread, which lives as long as the server.
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn connect(server_end: std::os::unix::net::UnixStream) -> Result<UnixStream, ApiError> {
+    server_end
+        .set_nonblocking(true)
+        .map_err(|error| ApiError::internal(anyhow::anyhow!("configuring the instance socket: {error}")))?;
+    UnixStream::from_std(server_end)
+        .map_err(|error| ApiError::internal(anyhow::anyhow!("registering the instance socket: {error}")))
 }
 
 impl Instance for LocalInstance {
@@ -268,12 +413,49 @@ impl Instance for LocalInstance {
     }
 }
 
-fn describe_exit(status: ExitStatus) -> String {
+/// The end of an instance, as reported to the caller.
+struct ExitDescription {
+    text: String,
+    code: Option<i32>,
+    signal: Option<i32>,
+}
+
+/// Describes bwrap's exit status. bwrap exits with the sandboxed process's
+/// code, or with 128 + N when that process was killed by signal N.
+// NOTE: a script that itself exits with a code above 128 is therefore
+// reported as killed by a signal.
+fn describe_exit(status: ExitStatus) -> ExitDescription {
+    let killed = |signal: i32| ExitDescription {
+        text: format!("was killed by signal {signal}{}", signal_name(signal).map(|name| format!(" ({name})")).unwrap_or_default()),
+        code: None,
+        signal: Some(signal),
+    };
     match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exited with code {code}"),
-        (None, Some(signal)) => format!("was killed by signal {signal}"),
-        _ => format!("exited ({status})"),
+        (Some(code), _) if (129..=128 + 64).contains(&code) => killed(code - 128),
+        (Some(code), _) => ExitDescription { text: format!("exited with code {code}"), code: Some(code), signal: None },
+        (None, Some(signal)) => killed(signal),
+        _ => ExitDescription { text: format!("exited ({status})"), code: None, signal: None },
     }
+}
+
+fn signal_name(signal: i32) -> Option<&'static str> {
+    Some(match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        _ => return None,
+    })
 }
 
 /// Picks the line of a script's error output that names the error: the

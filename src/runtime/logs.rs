@@ -8,6 +8,8 @@ use std::sync::Mutex;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::store::Secrets;
+
 pub const MAX_LINE_BYTES: usize = 8 * 1024;
 
 #[derive(Debug, Clone, Serialize)]
@@ -56,19 +58,22 @@ impl LogBuffer {
     }
 }
 
-/// Reads `reader` to its end, pushing each line into `buffer`. A line over
-/// [`MAX_LINE_BYTES`] is cut there and marked; the rest of it is skipped.
+/// Reads `reader` to its end, pushing each line into `buffer` with the
+/// values of `secrets` masked. A line over [`MAX_LINE_BYTES`] is cut there
+/// and marked; the rest of it is skipped.
 pub async fn capture_lines(
     mut reader: impl AsyncRead + Unpin,
     buffer: std::sync::Arc<LogBuffer>,
     instance: u64,
     stream: &'static str,
+    secrets: Secrets,
 ) {
     let mut line: Vec<u8> = Vec::with_capacity(256);
     let mut skipped: u64 = 0;
     let mut chunk = vec![0u8; 16 * 1024];
     let emit = |line: &mut Vec<u8>, skipped: &mut u64| {
-        let mut text = String::from_utf8_lossy(line).into_owned();
+        let text = String::from_utf8_lossy(line);
+        let mut text = if *skipped > 0 { secrets.mask_cut(&text) } else { secrets.mask(&text) };
         if *skipped > 0 {
             text.push_str(&format!(" [line cut: {} more bytes]", *skipped));
         }
@@ -107,12 +112,21 @@ mod tests {
         let mut input = b"one\ntwo\n".to_vec();
         input.extend(std::iter::repeat_n(b'x', MAX_LINE_BYTES + 10));
         input.extend(b"\nlast");
-        capture_lines(&input[..], buffer.clone(), 1, "stdout").await;
+        capture_lines(&input[..], buffer.clone(), 1, "stdout", Secrets::default()).await;
         let lines = buffer.snapshot();
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[0].text, "two");
         assert!(lines[1].text.ends_with(" [line cut: 10 more bytes]"));
         assert_eq!(lines[1].text.len(), MAX_LINE_BYTES + " [line cut: 10 more bytes]".len());
         assert_eq!(lines[2].text, "last");
+    }
+
+    #[tokio::test]
+    async fn secret_values_are_masked() {
+        let buffer = Arc::new(LogBuffer::new(10));
+        let secrets = Secrets([("TOKEN".to_string(), "hunter2".to_string())].into());
+        capture_lines(&b"token is hunter2\nbye"[..], buffer.clone(), 1, "stderr", secrets).await;
+        let lines: Vec<String> = buffer.snapshot().into_iter().map(|line| line.text).collect();
+        assert_eq!(lines, ["token is ***", "bye"]);
     }
 }

@@ -3,9 +3,11 @@
 //! server; a Kubernetes runtime would run them as pods and speak the same
 //! protocol over TCP.
 
+pub mod cgroup;
 pub mod local;
 pub mod logs;
 pub mod protocol;
+pub mod sandbox;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,21 +18,60 @@ use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
+use crate::store::Secrets;
 use logs::LogBuffer;
 
 /// Everything needed to start one instance.
 #[derive(Clone)]
 pub struct InstanceSpec {
     pub script: String,
+    pub version: u64,
     pub build_key: String,
     pub interpreter: PathBuf,
+    /// Folders the interpreter reads at run time (its installation prefix),
+    /// which the instance may read.
+    pub interpreter_paths: Vec<PathBuf>,
+    /// Arguments after the interpreter. `{shim}` is replaced by the runtime
+    /// with the shim's path inside the instance.
     pub args: Vec<String>,
+    /// The shim file on the server's disk; its folder is the template folder.
+    pub shim: PathBuf,
+    /// Environment variables: the template's, then the script's `[env]`.
     pub env: BTreeMap<String, String>,
+    /// Secret environment variables, set after `env`. Their values are
+    /// masked in the script's logs and error messages.
+    pub secrets: Secrets,
     pub code_dir: PathBuf,
+    /// The dependency layer's folder, or an empty folder. `{dependencies}`
+    /// in `env` is replaced with where the instance sees it.
+    pub dependencies_dir: PathBuf,
     pub entry: String,
     pub logs: Arc<LogBuffer>,
     /// How long the script may take to load before the start counts as failed.
     pub start_timeout: Duration,
+    pub limits: ResourceLimits,
+    /// Whether the instance may open network connections.
+    pub network: bool,
+}
+
+impl InstanceSpec {
+    /// The key instances are shared by: instances of one version of one
+    /// build. A new version gets new instances even with the same build,
+    /// because its secrets may differ.
+    pub fn pool_key(&self) -> String {
+        format!("{}/{}", self.version, self.build_key)
+    }
+}
+
+/// Resource limits of one instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceLimits {
+    /// Memory, including the private `/tmp`; the instance is stopped above it.
+    pub memory_bytes: u64,
+    /// Processes and threads the instance may have at once.
+    pub pids: u64,
+    /// CPU weight relative to other instances: 1 to 10000, 100 is the default.
+    pub cpu_weight: u64,
 }
 
 /// The data object sent to a script, with the payload as raw bytes.
@@ -58,6 +99,12 @@ pub trait Runtime: Send + Sync {
     /// ready for calls. A script that fails while loading gives `crashed`
     /// with its own error output.
     fn start(&self, spec: InstanceSpec) -> BoxFuture<'_, Result<Arc<dyn Instance>, ApiError>>;
+
+    /// Releases what the runtime holds for all instances, once every
+    /// instance has been stopped.
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 pub trait Instance: Send + Sync {

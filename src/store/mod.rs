@@ -2,6 +2,7 @@
 //! and build records. Embedded mode keeps it in one redb file under the data
 //! dir; values are JSON so records can grow fields without a migration.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use redb::{Database, ReadableTable, TableDefinition};
@@ -52,6 +53,84 @@ pub struct ScriptVersion {
     pub source_bytes: u64,
     pub build_key: String,
     pub created_at_ms: u64,
+    /// Limits, network access and environment from the script's kubefaas.toml.
+    #[serde(default)]
+    pub settings: RunSettings,
+    #[serde(default)]
+    pub secrets: Secrets,
+}
+
+/// Run settings of a script's instances, from its kubefaas.toml. A field
+/// left out takes the server's default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunSettings {
+    /// Memory per instance, in MiB.
+    pub memory_mib: Option<u64>,
+    /// The time a call may take, in seconds.
+    pub timeout_seconds: Option<f64>,
+    /// CPU weight per instance: 1 to 10000, 100 is the default.
+    pub cpu_weight: Option<u64>,
+    /// Whether instances may open network connections; on unless set false.
+    pub network: Option<bool>,
+    /// Environment variables given to every instance.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// Secret environment variables, by name. Debug output lists the names
+/// only, so a secret value never reaches a log through `{:?}`.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secrets(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl Secrets {
+    pub fn names(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
+
+    /// Replaces every secret value in `text` with `***`. Longer values are
+    /// replaced first, so a value that contains another is masked whole.
+    pub fn mask(&self, text: &str) -> String {
+        let mut values: Vec<&str> = self.0.values().map(String::as_str).filter(|value| !value.is_empty()).collect();
+        if values.is_empty() {
+            return text.to_string();
+        }
+        values.sort_by_key(|value| std::cmp::Reverse(value.len()));
+        let mut masked = text.to_string();
+        for value in values {
+            if masked.contains(value) {
+                masked = masked.replace(value, "***");
+            }
+        }
+        masked
+    }
+
+    /// Masks a line that was cut short: besides whole values, a value's
+    /// beginning at the very end of the text is masked, since the rest of
+    /// the value was cut off.
+    pub fn mask_cut(&self, text: &str) -> String {
+        let cut_value = self
+            .0
+            .values()
+            .filter_map(|value| {
+                (1..value.len()).rev().filter(|length| value.is_char_boundary(*length)).find(|length| text.ends_with(&value[..*length]))
+            })
+            .max();
+        match cut_value {
+            Some(length) => {
+                let mut masked = self.mask(&text[..text.len() - length]);
+                masked.push_str("***");
+                masked
+            }
+            None => self.mask(text),
+        }
+    }
 }
 
 /// A script: its current version plus when it was first created.
@@ -240,6 +319,8 @@ mod tests {
             source_bytes: 1,
             build_key: key.into(),
             created_at_ms: 1,
+            settings: RunSettings::default(),
+            secrets: Secrets::default(),
         }
     }
 
@@ -257,6 +338,26 @@ mod tests {
         assert_eq!(store.script("a").unwrap().unwrap().current.build_key, "k2");
         assert_eq!(store.versions("a").unwrap().len(), 2);
         assert_eq!(store.versions("a-b").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn secrets_are_masked_and_hidden_from_debug() {
+        let secrets = Secrets(BTreeMap::from([
+            ("TOKEN".to_string(), "s3cr3t-value".to_string()),
+            ("SHORT".to_string(), "s3cr3t".to_string()),
+        ]));
+        assert_eq!(format!("{secrets:?}"), "{\"SHORT\", \"TOKEN\"}");
+        assert_eq!(secrets.mask("token=s3cr3t-value and s3cr3t"), "token=*** and ***");
+        assert_eq!(secrets.mask_cut("cut here: s3cr3t-va"), "cut here: ***");
+        assert_eq!(secrets.mask_cut("nothing to hide"), "nothing to hide");
+    }
+
+    #[test]
+    fn versions_without_settings_still_load() {
+        let stored = r#"{"name":"a","version":1,"template":"python","entry":"handler.py","source_hash":"s","source_bytes":1,"build_key":"k","created_at_ms":1}"#;
+        let version: ScriptVersion = serde_json::from_str(stored).unwrap();
+        assert_eq!(version.settings, RunSettings::default());
+        assert!(version.secrets.0.is_empty());
     }
 
     #[test]

@@ -81,6 +81,8 @@ pub struct InterpreterSpec {
     pub command: String,
     /// Arguments that make `command` print the path of the real executable,
     /// so wrappers such as pyenv's shims are started once, not per instance.
+    /// Further lines of its output name folders the interpreter reads at run
+    /// time, such as its installation prefix; instances may read them.
     #[serde(default)]
     pub resolve: Vec<String>,
 }
@@ -103,30 +105,14 @@ pub struct Template {
     pub spec: TemplateSpec,
     pub shim_path: PathBuf,
     pub interpreter: PathBuf,
+    /// The interpreter's folder and the folders it named when resolved.
+    pub interpreter_paths: Vec<PathBuf>,
     /// Hash of the template's description and shim; part of every build key,
     /// so changing a template never serves an artifact built with the old one.
     pub digest: String,
 }
 
 impl Template {
-    /// The command line that starts an instance: interpreter, then arguments.
-    pub fn command_line(&self) -> (PathBuf, Vec<String>) {
-        let shim = self.shim_path.to_string_lossy();
-        let args = self.spec.run.args.iter().map(|arg| arg.replace("{shim}", &shim)).collect();
-        (self.interpreter.clone(), args)
-    }
-
-    /// The environment of an instance whose dependency layer is at `dependencies`.
-    pub fn run_env(&self, dependencies: &Path) -> BTreeMap<String, String> {
-        let dependencies = dependencies.to_string_lossy();
-        self.spec
-            .run
-            .env
-            .iter()
-            .map(|(key, value)| (key.clone(), value.replace("{dependencies}", &dependencies)))
-            .collect()
-    }
-
     /// A dependency step with `{interpreter}` replaced.
     pub fn step_command(&self, step: &[String]) -> Vec<String> {
         let interpreter = self.interpreter.to_string_lossy();
@@ -175,9 +161,9 @@ impl Templates {
                     .with_context(|| format!("renaming {}", partial.display()))?;
             }
             match resolve_interpreter(&spec.interpreter) {
-                Ok(interpreter) => {
+                Ok((interpreter, interpreter_paths)) => {
                     tracing::info!(template = %spec.name, interpreter = %interpreter.display(), "template ready");
-                    let template = Template { spec, shim_path, interpreter, digest };
+                    let template = Template { spec, shim_path, interpreter, interpreter_paths, digest };
                     by_name.insert(template.spec.name.clone(), template);
                 }
                 Err(error) => tracing::warn!(
@@ -260,9 +246,11 @@ fn digest_template(description: &str, files: &[(String, Vec<u8>)]) -> String {
     hex::encode(hasher.finalize())
 }
 
-fn resolve_interpreter(spec: &InterpreterSpec) -> anyhow::Result<PathBuf> {
+/// Returns the interpreter's executable and the folders it reads: the
+/// executable's own folder and the further lines `resolve` printed.
+fn resolve_interpreter(spec: &InterpreterSpec) -> anyhow::Result<(PathBuf, Vec<PathBuf>)> {
     if spec.resolve.is_empty() {
-        return Ok(PathBuf::from(&spec.command));
+        return Ok((PathBuf::from(&spec.command), Vec::new()));
     }
     let output = Command::new(&spec.command)
         .args(&spec.resolve)
@@ -276,9 +264,26 @@ fn resolve_interpreter(spec: &InterpreterSpec) -> anyhow::Result<PathBuf> {
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-    if !path.is_file() {
-        bail!("{:?} named {} as its executable, which is not a file", spec.command, path.display());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut lines = stdout.lines().map(str::trim).filter(|line| !line.is_empty());
+    let named = PathBuf::from(lines.next().unwrap_or_default());
+    if !named.is_file() {
+        bail!("{:?} named {} as its executable, which is not a file", spec.command, named.display());
     }
-    Ok(path)
+    // The real file, so that links leading outside the folders bound into
+    // the sandbox do not matter.
+    let executable = named.canonicalize().with_context(|| format!("resolving {}", named.display()))?;
+    let mut folders: Vec<PathBuf> = executable.parent().map(PathBuf::from).into_iter().collect();
+    for line in lines {
+        let folder = Path::new(line)
+            .canonicalize()
+            .with_context(|| format!("{:?} named the folder {line}, which cannot be resolved", spec.command))?;
+        folders.push(folder);
+    }
+    // A folder inside another is bound with it.
+    let all = folders.clone();
+    folders.retain(|folder| !all.iter().any(|other| other != folder && folder.starts_with(other)));
+    folders.sort();
+    folders.dedup();
+    Ok((executable, folders))
 }

@@ -1,7 +1,7 @@
-//! Safe unpacking of tar and tar.gz archives. An entry whose path is
-//! absolute or contains `..`, a link that points outside the folder, a
-//! device or FIFO entry, and an archive that expands past the size limit
-//! are all rejected with `invalid_request`.
+//! Safe unpacking of tar, tar.gz and zip archives. An entry whose path is
+//! absolute or climbs out with `..`, a link that points outside the
+//! folder, a device or FIFO entry, and an archive that expands past the
+//! size limit are all rejected with `invalid_request`.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -13,6 +13,7 @@ use crate::error::ApiError;
 pub enum ArchiveFormat {
     Tar,
     TarGz,
+    Zip,
 }
 
 impl ArchiveFormat {
@@ -21,6 +22,7 @@ impl ArchiveFormat {
         match content_type.split(';').next().unwrap_or("").trim() {
             "application/x-tar" | "application/tar" => Some(ArchiveFormat::Tar),
             "application/gzip" | "application/x-gzip" | "application/x-tar+gzip" => Some(ArchiveFormat::TarGz),
+            "application/zip" | "application/x-zip-compressed" | "application/x-zip" => Some(ArchiveFormat::Zip),
             _ => None,
         }
     }
@@ -32,8 +34,79 @@ pub fn unpack_archive(format: ArchiveFormat, archive: &Path, tree: &Path, max_by
     let reader: Box<dyn Read> = match format {
         ArchiveFormat::Tar => Box::new(BufReader::new(file)),
         ArchiveFormat::TarGz => Box::new(flate2::read::GzDecoder::new(BufReader::new(file))),
+        ArchiveFormat::Zip => return unpack_zip(file, tree, max_bytes),
     };
     unpack_tar(reader, tree, max_bytes)
+}
+
+fn outside_error(path: &Path, what: &str) -> ApiError {
+    ApiError::invalid(format!(
+        "invalid archive: {what} {:?} points outside the script's folder",
+        path.display().to_string()
+    ))
+}
+
+fn expansion_error(max_bytes: u64) -> ApiError {
+    ApiError::invalid(format!("invalid archive: it expands past the script size limit of {max_bytes} bytes"))
+}
+
+/// Checks a link found at `relative` that points to `link`, and creates it.
+fn create_link(tree: &Path, relative: &Path, link: &Path, entry: &Path) -> Result<(), ApiError> {
+    let resolved = relative.parent().unwrap_or(Path::new("")).join(link);
+    if link.is_absolute() || contained_path(&resolved).is_none() {
+        return Err(outside_error(entry, "link"));
+    }
+    let target = tree.join(relative);
+    if let Some(parent) = target.parent() {
+        create_dir(parent)?;
+    }
+    std::os::unix::fs::symlink(link, &target)
+        .map_err(|error| ApiError::invalid(format!("invalid archive: link {}: {error}", entry.display())))
+}
+
+/// Unpacks a zip archive. Its entry sizes are not trusted: bytes are
+/// counted as they are written.
+fn unpack_zip(file: File, tree: &Path, max_bytes: u64) -> Result<(), ApiError> {
+    let bad_archive = |error: zip::result::ZipError| ApiError::invalid(format!("invalid archive: {error}"));
+    let mut archive = zip::ZipArchive::new(BufReader::new(file)).map_err(bad_archive)?;
+    let mut unpacked: u64 = 0;
+    for index in 0..archive.len() {
+        let mut entry = archive.by_index(index).map_err(bad_archive)?;
+        let path = PathBuf::from(entry.name().map_err(bad_archive)?.into_owned());
+        let Some(relative) = contained_path(&path) else {
+            return Err(outside_error(&path, "entry"));
+        };
+        if relative.as_os_str().is_empty() {
+            continue;
+        }
+        if entry.encrypted() {
+            return Err(ApiError::invalid(format!(
+                "invalid archive: entry {:?} is encrypted; upload an archive without a password",
+                path.display().to_string()
+            )));
+        }
+        let target = tree.join(&relative);
+        if entry.is_dir() {
+            create_dir(&target)?;
+        } else if entry.is_symlink() {
+            // A link's target is its contents; no path is longer than PATH_MAX.
+            let mut link = Vec::new();
+            (&mut entry).take(4096).read_to_end(&mut link).map_err(|error| ApiError::invalid(format!("invalid archive: {error}")))?;
+            let link = PathBuf::from(String::from_utf8_lossy(&link).into_owned());
+            create_link(tree, &relative, &link, &path)?;
+        } else {
+            if let Some(parent) = target.parent() {
+                create_dir(parent)?;
+            }
+            ensure_inside(tree, target.parent().unwrap_or(tree), &path)?;
+            let mode = entry.unix_mode().unwrap_or(0o644);
+            unpacked += write_entry(&mut entry, &target, mode, max_bytes - unpacked)?;
+            if unpacked > max_bytes {
+                return Err(expansion_error(max_bytes));
+            }
+        }
+    }
+    check_links(tree, tree)
 }
 
 fn unpack_tar(reader: impl Read, tree: &Path, max_bytes: u64) -> Result<(), ApiError> {
@@ -44,10 +117,7 @@ fn unpack_tar(reader: impl Read, tree: &Path, max_bytes: u64) -> Result<(), ApiE
         let mut entry = entry.map_err(bad_archive)?;
         let path = entry.path().map_err(bad_archive)?.into_owned();
         let Some(relative) = contained_path(&path) else {
-            return Err(ApiError::invalid(format!(
-                "invalid archive: entry {:?} points outside the script's folder",
-                path.display().to_string()
-            )));
+            return Err(outside_error(&path, "entry"));
         };
         if relative.as_os_str().is_empty() {
             continue;
@@ -57,33 +127,23 @@ fn unpack_tar(reader: impl Read, tree: &Path, max_bytes: u64) -> Result<(), ApiE
         match entry_type {
             tar::EntryType::Directory => create_dir(&target)?,
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                unpacked += entry.size();
-                if unpacked > max_bytes {
-                    return Err(ApiError::invalid(format!(
-                        "invalid archive: it expands past the script size limit of {max_bytes} bytes"
-                    )));
+                // The header's size is known before any byte is written.
+                if entry.size() > max_bytes - unpacked {
+                    return Err(expansion_error(max_bytes));
                 }
                 if let Some(parent) = target.parent() {
                     create_dir(parent)?;
                 }
                 ensure_inside(tree, target.parent().unwrap_or(tree), &path)?;
                 let mode = entry.header().mode().unwrap_or(0o644);
-                write_entry(&mut entry, &target, mode)?;
+                unpacked += write_entry(&mut entry, &target, mode, max_bytes - unpacked)?;
+                if unpacked > max_bytes {
+                    return Err(expansion_error(max_bytes));
+                }
             }
             tar::EntryType::Symlink => {
                 let link = entry.link_name().map_err(bad_archive)?.unwrap_or_default().into_owned();
-                let resolved = relative.parent().unwrap_or(Path::new("")).join(&link);
-                if link.is_absolute() || contained_path(&resolved).is_none() {
-                    return Err(ApiError::invalid(format!(
-                        "invalid archive: link {:?} points outside the script's folder",
-                        path.display().to_string()
-                    )));
-                }
-                if let Some(parent) = target.parent() {
-                    create_dir(parent)?;
-                }
-                std::os::unix::fs::symlink(&link, &target)
-                    .map_err(|error| ApiError::invalid(format!("invalid archive: link {}: {error}", path.display())))?;
+                create_link(tree, &relative, &link, &path)?;
             }
             // pax and GNU extension headers carry metadata for the next entry.
             tar::EntryType::XHeader | tar::EntryType::XGlobalHeader | tar::EntryType::GNULongName
@@ -155,7 +215,9 @@ fn create_dir(path: &Path) -> Result<(), ApiError> {
         .map_err(|error| ApiError::invalid(format!("invalid archive: cannot create folder {}: {error}", path.display())))
 }
 
-fn write_entry(entry: &mut impl Read, target: &Path, mode: u32) -> Result<(), ApiError> {
+/// Writes one file and returns its size, reading at most `limit + 1`
+/// bytes, so a returned size above `limit` means the entry is larger.
+fn write_entry(entry: &mut impl Read, target: &Path, mode: u32, limit: u64) -> Result<u64, ApiError> {
     use std::os::unix::fs::OpenOptionsExt;
     // A file replaced by a later entry of the same name, or a link planted
     // earlier, must not be written through: remove whatever is there first.
@@ -166,9 +228,9 @@ fn write_entry(entry: &mut impl Read, target: &Path, mode: u32) -> Result<(), Ap
         .mode(if mode & 0o111 != 0 { 0o755 } else { 0o644 })
         .open(target)
         .map_err(|error| ApiError::invalid(format!("invalid archive: cannot write {}: {error}", target.display())))?;
-    std::io::copy(entry, &mut file)
+    let written = std::io::copy(&mut entry.take(limit.saturating_add(1)), &mut file)
         .map_err(|error| ApiError::invalid(format!("invalid archive: cannot write {}: {error}", target.display())))?;
-    Ok(())
+    Ok(written)
 }
 
 #[cfg(test)]

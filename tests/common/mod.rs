@@ -15,6 +15,9 @@ pub const BINARY: &str = env!("CARGO_BIN_EXE_kubefaas");
 pub struct Server {
     pub url: String,
     pub data_dir: PathBuf,
+    /// The server's cgroup folders (`kubefaas-{pid}`), which must be gone
+    /// once it stops.
+    pub cgroup_groups: Vec<PathBuf>,
     child: Option<Child>,
     _temp: Option<tempfile::TempDir>,
 }
@@ -24,6 +27,7 @@ pub struct ServerBuilder {
     envs: Vec<(String, String)>,
     data_dir: Option<PathBuf>,
     config: Option<String>,
+    stderr: Option<PathBuf>,
 }
 
 impl ServerBuilder {
@@ -48,6 +52,12 @@ impl ServerBuilder {
         self
     }
 
+    /// Writes the server's stderr to `path` instead of the test's stderr.
+    pub fn stderr_file(mut self, path: &Path) -> Self {
+        self.stderr = Some(path.to_path_buf());
+        self
+    }
+
     pub fn start(self) -> Server {
         let temp = tempfile::tempdir().expect("creating a temporary data dir");
         let data_dir = self.data_dir.clone().unwrap_or_else(|| temp.path().join("data"));
@@ -58,11 +68,15 @@ impl ServerBuilder {
             std::fs::write(&path, config).expect("writing the config file");
             command.arg("--config").arg(path);
         }
+        let stderr = match &self.stderr {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("creating the server's stderr file")),
+            None => Stdio::inherit(),
+        };
         let mut child = command
             .env("RUST_LOG", "info")
             .envs(self.envs.iter().map(|(key, value)| (key, value)))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("starting kubefaas serve");
         let stdout = child.stdout.take().expect("stdout is piped");
@@ -73,13 +87,14 @@ impl ServerBuilder {
             .strip_prefix("kubefaas listening on ")
             .unwrap_or_else(|| panic!("unexpected first line from the server: {line:?}"))
             .to_string();
-        Server { url, data_dir, child: Some(child), _temp: Some(temp) }
+        let cgroup_groups = server_cgroup_groups(child.id());
+        Server { url, data_dir, cgroup_groups, child: Some(child), _temp: Some(temp) }
     }
 }
 
 impl Server {
     pub fn builder() -> ServerBuilder {
-        ServerBuilder { args: Vec::new(), envs: Vec::new(), data_dir: None, config: None }
+        ServerBuilder { args: Vec::new(), envs: Vec::new(), data_dir: None, config: None, stderr: None }
     }
 
     pub fn start() -> Server {
@@ -99,6 +114,7 @@ impl Server {
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if child.try_wait().expect("waiting for the server").is_some() {
+                    self.assert_cgroups_removed();
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -107,6 +123,38 @@ impl Server {
             let _ = child.wait();
             panic!("the server did not stop within 10 s of SIGTERM");
         }
+    }
+
+    /// Checks that the stopped server left no cgroup behind: its group, and
+    /// so every instance group in it, is removed.
+    pub fn assert_cgroups_removed(&self) {
+        for group in &self.cgroup_groups {
+            assert!(!group.exists(), "the stopped server left its cgroup {} behind", group.display());
+        }
+    }
+
+    /// Returns the cgroup folders of the server's running instances, one per
+    /// instance for cgroup v2 and one per instance and controller for v1.
+    pub fn instance_cgroups(&self) -> Vec<PathBuf> {
+        let mut dirs = Vec::new();
+        for group in &self.cgroup_groups {
+            for entry in std::fs::read_dir(group).into_iter().flatten().flatten() {
+                if entry.file_name().to_string_lossy().starts_with("instance-") {
+                    dirs.push(entry.path());
+                }
+            }
+        }
+        dirs.sort();
+        dirs
+    }
+
+    /// Reads a control file, such as `pids.max`, of the one running
+    /// instance's cgroup.
+    pub fn instance_cgroup_file(&self, file: &str) -> String {
+        let found: Vec<PathBuf> =
+            self.instance_cgroups().into_iter().map(|dir| dir.join(file)).filter(|path| path.exists()).collect();
+        assert_eq!(found.len(), 1, "expected one running instance with {file}, found {found:?}");
+        std::fs::read_to_string(&found[0]).expect("reading a cgroup file").trim().to_string()
     }
 
     /// Keeps the temporary data dir after the server stops, for a restart.
@@ -176,6 +224,23 @@ impl Server {
         (status, response.json().expect("upload response is JSON"))
     }
 
+    /// Uploads an archive with the given Content-Type and extra headers.
+    pub fn deploy_archive(&self, name: &str, content_type: &str, bytes: Vec<u8>, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut request =
+            self.http().put(format!("{}/v1/scripts/{name}", self.url)).header("content-type", content_type).body(bytes);
+        for (header, value) in headers {
+            request = request.header(*header, *value);
+        }
+        let response = request.send().expect("sending the upload");
+        let status = response.status().as_u16();
+        (status, response.json().expect("upload response is JSON"))
+    }
+
+    /// Uploads a folder given as (path, contents) pairs, packed as tar.
+    pub fn deploy_folder(&self, name: &str, files: &[(&str, &str)]) -> (u16, Value) {
+        self.deploy_archive(name, "application/x-tar", tar_of(files), &[])
+    }
+
     pub fn instances(&self, name: &str) -> u64 {
         let (status, body) = self.request("GET", &format!("/v1/scripts/{name}"), None);
         assert_eq!(status, 200, "show {name}: {body}");
@@ -201,6 +266,9 @@ impl Drop for Server {
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
+                    if !std::thread::panicking() {
+                        self.assert_cgroups_removed();
+                    }
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -209,6 +277,56 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// Returns the cgroup folders a server with `pid` creates: `kubefaas-{pid}` below
+/// its own cgroup, in the v2 hierarchy or in each v1 controller it uses.
+pub fn server_cgroup_groups(pid: u32) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let path_for = |wanted: Option<&str>| {
+        own.lines().find_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (id, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            let matches = match wanted {
+                None => id == "0" && controllers.is_empty(),
+                Some(wanted) => controllers.split(',').any(|name| name == wanted),
+            };
+            matches.then(|| path.trim_start_matches('/').to_string())
+        })
+    };
+    let group = format!("kubefaas-{pid}");
+    if root.join("cgroup.controllers").exists() {
+        return path_for(None).map(|path| root.join(path).join(&group)).into_iter().collect();
+    }
+    ["memory", "pids", "cpu"]
+        .iter()
+        .filter_map(|controller| path_for(Some(controller)).map(|path| root.join(controller).join(path).join(&group)))
+        .collect()
+}
+
+/// Returns the peak memory (VmHWM) of the process `pid`, in bytes.
+pub fn peak_memory_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading the process status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in the process status");
+    kib * 1024
+}
+
+/// Packs `files` (path, contents) into a tar archive.
+pub fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut archive = tar::Builder::new(Vec::new());
+    for (path, contents) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(contents.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        archive.append_data(&mut header, path, contents.as_bytes()).expect("adding a file to the archive");
+    }
+    archive.into_inner().expect("finishing the archive")
 }
 
 /// The processes whose parent is `pid`.
