@@ -29,6 +29,14 @@ pub struct Config {
     pub max_instances_per_script: usize,
     /// The number of calls one instance serves at once.
     pub instance_concurrency: usize,
+    /// Calls of one script that may wait for a free instance; more get
+    /// `overloaded` (503).
+    pub max_waiting_calls_per_script: usize,
+    /// The sum of the memory limits of all running instances, in MiB; by
+    /// default 80 % of the host's memory.
+    pub memory_budget_mib: Option<u64>,
+    /// Call records kept per script for `kubefaas logs`.
+    pub call_records_per_script: usize,
     /// The number of stdout and stderr lines kept per script.
     pub log_lines_per_script: usize,
     /// An artifact or layer unused for this many days is deleted.
@@ -62,6 +70,9 @@ impl Default for Config {
             max_payload_bytes: 500 * 1024 * 1024,
             max_instances_per_script: 4,
             instance_concurrency: 1,
+            max_waiting_calls_per_script: 1000,
+            memory_budget_mib: None,
+            call_records_per_script: 100,
             log_lines_per_script: 1000,
             retention_days: 14.0,
             build_step_timeout_seconds: 600.0,
@@ -90,6 +101,7 @@ impl Config {
         anyhow::ensure!(self.call_timeout_seconds > 0.0, "call_timeout_seconds must be above 0");
         anyhow::ensure!(self.max_instances_per_script >= 1, "max_instances_per_script must be at least 1");
         anyhow::ensure!(self.instance_concurrency >= 1, "instance_concurrency must be at least 1");
+        anyhow::ensure!(self.call_records_per_script >= 1, "call_records_per_script must be at least 1");
         anyhow::ensure!(self.log_lines_per_script >= 1, "log_lines_per_script must be at least 1");
         anyhow::ensure!(self.retention_days > 0.0, "retention_days must be above 0");
         anyhow::ensure!(self.build_step_timeout_seconds > 0.0, "build_step_timeout_seconds must be above 0");

@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod controller;
 mod error;
+mod metrics;
 mod runtime;
 mod serve;
 mod store;

@@ -7,13 +7,15 @@
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::response::IntoResponse;
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::AppState;
+use crate::controller::calls::new_call_id;
 use crate::controller::validate_name;
 use crate::error::{ApiError, ErrorKind};
 use crate::runtime::CallData;
@@ -30,11 +32,28 @@ struct InvokeBody {
     flow: Option<Value>,
 }
 
+/// The response header that carries a call's id.
+pub const CALL_ID_HEADER: &str = "kubefaas-call-id";
+
 pub async fn invoke_script(
     State(controller): State<AppState>,
     Path(name): Path<String>,
     body: Body,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Response {
+    let call_id = new_call_id();
+    let mut response = invoke_with_id(controller, name, &call_id, body).await.into_response();
+    if let Ok(value) = HeaderValue::from_str(&call_id) {
+        response.headers_mut().insert(CALL_ID_HEADER, value);
+    }
+    response
+}
+
+async fn invoke_with_id(
+    controller: AppState,
+    name: String,
+    call_id: &str,
+    body: Body,
+) -> Result<axum::Json<Value>, ApiError> {
     validate_name(&name)?;
     let max_payload = controller.config.max_payload_bytes;
     // Base64 grows a payload by a third; the rest of the object is small.
@@ -65,7 +84,7 @@ pub async fn invoke_script(
 
     let data = CallData { payload, variables: request.variables, meta: request.meta, flow };
     let sent = data.clone();
-    let reply = controller.invoke(&name, data).await?;
+    let reply = controller.invoke(&name, call_id, data).await?;
 
     let mut response = Map::new();
     match reply.payload {

@@ -30,6 +30,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/v1/scripts/{name}", get(show_script).put(deploy_script).delete(delete_script))
         .route("/v1/scripts/{name}/invoke", post(invoke::invoke_script))
         .route("/v1/scripts/{name}/logs", get(script_logs))
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(crate::error::ErrorKind::NotFound, "no such API route") })
         .with_state(controller)
 }
@@ -37,8 +38,18 @@ pub fn router(controller: Arc<Controller>) -> Router {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, axum::Json(self.body())).into_response()
+        let retry_after = self.details.get("retry_after_seconds").and_then(|value| value.as_u64());
+        let mut response = (status, axum::Json(self.body())).into_response();
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
+}
+
+async fn metrics(State(controller): State<AppState>) -> impl IntoResponse {
+    // prometheus-client writes the OpenMetrics text format, which Prometheus reads.
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], controller.render_metrics())
 }
 
 async fn list_templates(State(controller): State<AppState>) -> impl IntoResponse {
@@ -186,5 +197,5 @@ async fn script_logs(
         let log = record.map(|record| record.log).unwrap_or_default();
         return Ok(axum::Json(json!({ "script": name, "build_key": script.current.build_key, "build_log": log })));
     }
-    Ok(axum::Json(json!({ "script": name, "lines": controller.logs(&name) })))
+    Ok(axum::Json(json!({ "script": name, "lines": controller.logs(&name), "calls": controller.calls(&name) })))
 }

@@ -288,6 +288,22 @@ pub fn logs(client: &Client, name: &str, build: bool) -> anyhow::Result<ExitCode
             line["text"].as_str().unwrap_or("")
         );
     }
+    let calls = response["calls"].as_array().cloned().unwrap_or_default();
+    if !calls.is_empty() {
+        println!("\nrecent calls:");
+        for call in calls {
+            println!(
+                "{} {} {:>9.1} ms {}",
+                call["id"].as_str().unwrap_or(""),
+                format_time(&call["started_at_ms"]),
+                call["duration_ms"].as_f64().unwrap_or(0.0),
+                call["outcome"].as_str().unwrap_or("")
+            );
+            for line in call["logs"].as_array().into_iter().flatten() {
+                println!("    {}", line.as_str().unwrap_or(""));
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -166,7 +166,9 @@ impl Controller {
             source_dir,
             source_hash: &version.source_hash,
         };
-        let (artifact, outcome) = self.builder.ensure(&input, true, progress).await?;
+        let result = self.builder.ensure(&input, true, progress).await;
+        self.count_build(&result);
+        let (artifact, outcome) = result?;
         self.artifacts.lock().expect("artifacts poisoned").insert(version.build_key.clone(), artifact);
         Ok(outcome)
     }

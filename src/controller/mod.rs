@@ -1,6 +1,8 @@
 //! The controller: resolves a script name to its current version, makes
 //! sure it is built, finds or starts an instance, and proxies the call.
 
+mod budget;
+pub mod calls;
 mod deploy;
 pub mod pool;
 
@@ -9,13 +11,16 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::builder::{Artifact, BuildInput, Builder};
+use crate::builder::{Artifact, BuildInput, BuildOutcome, Builder};
 use crate::config::Config;
 use crate::error::{ApiError, ErrorKind};
+use crate::metrics::{CallLabels, Metrics, script_labels};
 use crate::runtime::logs::{LogBuffer, LogLine};
 use crate::runtime::{CallData, CallReply, InstanceSpec, ResourceLimits, Runtime};
 use crate::store::{BuildRecord, Script, ScriptVersion, Store};
 use crate::templates::{Template, Templates};
+use budget::MemoryBudget;
+use calls::{CallHistory, CallRecord};
 use pool::{Pool, PoolLimits};
 
 pub use deploy::{DeployRequest, Deployed};
@@ -62,8 +67,11 @@ pub struct Controller {
     runtime: Arc<dyn Runtime>,
     pools: Mutex<HashMap<String, Arc<Pool>>>,
     logs: Mutex<HashMap<String, Arc<LogBuffer>>>,
+    calls: Mutex<HashMap<String, Arc<CallHistory>>>,
     /// Artifacts already read from disk, by build key.
     artifacts: Mutex<HashMap<String, Artifact>>,
+    memory_budget: Arc<MemoryBudget>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Controller {
@@ -75,6 +83,9 @@ impl Controller {
         builder: Builder,
         runtime: Arc<dyn Runtime>,
     ) -> Controller {
+        let memory_budget =
+            MemoryBudget::new(config.memory_budget_mib.map_or_else(budget::default_budget_bytes, |mib| mib * 1024 * 1024));
+        tracing::info!(memory_budget_mib = memory_budget.total_bytes() / (1024 * 1024), "instance memory budget");
         Controller {
             config,
             paths,
@@ -84,7 +95,10 @@ impl Controller {
             runtime,
             pools: Mutex::default(),
             logs: Mutex::default(),
+            calls: Mutex::default(),
             artifacts: Mutex::default(),
+            memory_budget,
+            metrics: Arc::new(Metrics::new()),
         }
     }
 
@@ -127,8 +141,41 @@ impl Controller {
             pool.close().await;
         }
         self.logs.lock().expect("logs poisoned").remove(name);
+        self.calls.lock().expect("calls poisoned").remove(name);
         tracing::info!(script = name, "script deleted");
         Ok(())
+    }
+
+    pub fn calls(&self, name: &str) -> Vec<CallRecord> {
+        self.calls.lock().expect("calls poisoned").get(name).map(|history| history.snapshot()).unwrap_or_default()
+    }
+
+    fn call_history(&self, name: &str) -> Arc<CallHistory> {
+        let mut calls = self.calls.lock().expect("calls poisoned");
+        calls.entry(name.to_string()).or_insert_with(|| Arc::new(CallHistory::new(self.config.call_records_per_script))).clone()
+    }
+
+    fn count_build(&self, result: &Result<(Artifact, BuildOutcome), ApiError>) {
+        let outcome = match result {
+            Ok((_, BuildOutcome::CacheHit)) => "cache_hit",
+            Ok((_, BuildOutcome::Built)) => "built",
+            Err(_) => "failed",
+        };
+        self.metrics.record_build(outcome);
+    }
+
+    /// Encodes the metrics, with the instance and queue gauges read now.
+    pub fn render_metrics(&self) -> String {
+        let pools: Vec<(String, Arc<Pool>)> =
+            self.pools.lock().expect("pools poisoned").iter().map(|(name, pool)| (name.clone(), pool.clone())).collect();
+        self.metrics.instances.clear();
+        self.metrics.queue_length.clear();
+        for (name, pool) in pools {
+            let labels = script_labels(&name);
+            self.metrics.instances.get_or_create(&labels).set(pool.instance_count() as i64);
+            self.metrics.queue_length.get_or_create(&labels).set(pool.waiting() as i64);
+        }
+        self.metrics.encode()
     }
 
     pub fn logs(&self, name: &str) -> Vec<LogLine> {
@@ -143,7 +190,8 @@ impl Controller {
     }
 
     fn pool(&self, name: &str) -> Arc<Pool> {
-        self.pools.lock().expect("pools poisoned").entry(name.to_string()).or_insert_with(|| Pool::new(name)).clone()
+        let mut pools = self.pools.lock().expect("pools poisoned");
+        pools.entry(name.to_string()).or_insert_with(|| Pool::new(name, self.metrics.clone())).clone()
     }
 
     /// Returns the artifact of a version, building it if it is missing.
@@ -160,7 +208,9 @@ impl Controller {
             source_dir: &source_dir,
             source_hash: &version.source_hash,
         };
-        let (artifact, _) = self.builder.ensure(&input, false, &None).await?;
+        let result = self.builder.ensure(&input, false, &None).await;
+        self.count_build(&result);
+        let (artifact, _) = result?;
         self.artifacts.lock().expect("artifacts poisoned").insert(version.build_key.clone(), artifact.clone());
         Ok(artifact)
     }
@@ -184,7 +234,34 @@ impl Controller {
     }
 
     /// Invokes a script's current version with `data`.
-    pub async fn invoke(&self, name: &str, data: CallData) -> Result<CallReply, ApiError> {
+    /// Invokes a script and records the call: metrics, and a call record
+    /// under `call_id`. Calls to unknown scripts are not recorded, so
+    /// metric labels only name scripts that exist.
+    pub async fn invoke(&self, name: &str, call_id: &str, data: CallData) -> Result<CallReply, ApiError> {
+        let started_at_ms = crate::store::now_ms();
+        let started = std::time::Instant::now();
+        let result = self.invoke_current(name, data).await;
+        if matches!(&result, Err(error) if error.kind == ErrorKind::NotFound) {
+            return result;
+        }
+        let duration = started.elapsed();
+        let (outcome, logs) = match &result {
+            Ok(reply) => ("ok".to_string(), reply.logs.clone()),
+            Err(error) => (error.kind.as_str().to_string(), vec![error.message.clone()]),
+        };
+        self.metrics.calls.get_or_create(&CallLabels { script: name.to_string(), outcome: outcome.clone() }).inc();
+        self.metrics.call_duration.get_or_create(&script_labels(name)).observe(duration.as_secs_f64());
+        self.call_history(name).push(CallRecord {
+            id: call_id.to_string(),
+            started_at_ms,
+            duration_ms: duration.as_secs_f64() * 1000.0,
+            outcome,
+            logs,
+        });
+        result
+    }
+
+    async fn invoke_current(&self, name: &str, data: CallData) -> Result<CallReply, ApiError> {
         let script = self.script(name)?;
         let version = script.current;
         let artifact = self.artifact(&version).await?;
@@ -193,10 +270,11 @@ impl Controller {
         let limits = PoolLimits {
             max_instances: self.config.max_instances_per_script,
             concurrency: self.config.instance_concurrency,
+            max_waiting: self.config.max_waiting_calls_per_script,
         };
         let deadline = tokio::time::Instant::now() + timeout;
         let pool = self.pool(name);
-        let lease = pool.acquire(&self.runtime, &spec, limits, deadline, timeout).await?;
+        let lease = pool.acquire(&self.runtime, &self.memory_budget, &spec, limits, deadline, timeout).await?;
 
         // The call runs in its own task holding the lease: if the caller
         // disconnects, the reply is still read, so the connection to the

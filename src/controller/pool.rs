@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use super::budget::{MemoryBudget, MemoryReservation};
 use crate::error::{ApiError, ErrorKind};
+use crate::metrics::{Metrics, script_labels};
 use crate::runtime::{Instance, InstanceSpec, Runtime};
 
 struct Slot {
@@ -18,6 +20,8 @@ struct Slot {
     key: String,
     in_flight: usize,
     last_used: Instant,
+    /// Released when the slot is dropped, which is when the instance leaves the pool.
+    _memory: MemoryReservation,
 }
 
 #[derive(Default)]
@@ -42,6 +46,7 @@ pub struct Pool {
     script: String,
     state: Mutex<PoolState>,
     changed: Notify,
+    metrics: Arc<Metrics>,
 }
 
 /// Limits a pool works within.
@@ -49,11 +54,20 @@ pub struct Pool {
 pub struct PoolLimits {
     pub max_instances: usize,
     pub concurrency: usize,
+    /// Calls that may wait for a free instance; more get `overloaded`.
+    pub max_waiting: usize,
+}
+
+/// Seconds a caller that got `overloaded` is asked to wait (Retry-After).
+const RETRY_AFTER_SECONDS: u64 = 1;
+
+fn overloaded(message: String) -> ApiError {
+    ApiError::new(ErrorKind::Overloaded, message).with("retry_after_seconds", RETRY_AFTER_SECONDS)
 }
 
 impl Pool {
-    pub fn new(script: &str) -> Arc<Pool> {
-        Arc::new(Pool { script: script.to_string(), state: Mutex::default(), changed: Notify::new() })
+    pub fn new(script: &str, metrics: Arc<Metrics>) -> Arc<Pool> {
+        Arc::new(Pool { script: script.to_string(), state: Mutex::default(), changed: Notify::new(), metrics })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
@@ -65,6 +79,7 @@ impl Pool {
     pub async fn acquire(
         self: &Arc<Self>,
         runtime: &Arc<dyn Runtime>,
+        budget: &Arc<MemoryBudget>,
         spec: &InstanceSpec,
         limits: PoolLimits,
         deadline: tokio::time::Instant,
@@ -103,14 +118,33 @@ impl Pool {
                     break Ok(Lease { pool: self.clone(), instance });
                 }
                 if !counted_as_waiting {
+                    if state.waiting >= limits.max_waiting {
+                        break Err(overloaded(format!(
+                            "{} calls are already waiting for an instance of {}",
+                            state.waiting, self.script
+                        ))
+                        .with("max_waiting", limits.max_waiting));
+                    }
                     state.waiting += 1;
                     counted_as_waiting = true;
                 }
                 let running = state.slots.iter().filter(|slot| slot.key == key).count();
                 let capacity_coming = state.starting * limits.concurrency;
                 if running + state.starting < limits.max_instances && capacity_coming < state.waiting {
-                    state.starting += 1;
-                    self.start_instance(runtime.clone(), spec.clone());
+                    match budget.try_reserve(spec.limits.memory_bytes) {
+                        Some(memory) => {
+                            state.starting += 1;
+                            self.start_instance(runtime.clone(), spec.clone(), memory);
+                        }
+                        None if running + state.starting == 0 => {
+                            break Err(overloaded(format!(
+                                "the server's memory budget of {} MiB is taken by running instances",
+                                budget.total_bytes() / (1024 * 1024)
+                            )));
+                        }
+                        // Wait for an instance this pool already has.
+                        None => {}
+                    }
                 }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -129,7 +163,7 @@ impl Pool {
 
     /// Starts an instance in its own task, so it finishes and serves the
     /// queue even if the caller that asked for it gives up.
-    fn start_instance(self: &Arc<Self>, runtime: Arc<dyn Runtime>, spec: InstanceSpec) {
+    fn start_instance(self: &Arc<Self>, runtime: Arc<dyn Runtime>, spec: InstanceSpec, memory: MemoryReservation) {
         let pool = self.clone();
         tokio::spawn(async move {
             let started = Instant::now();
@@ -140,6 +174,7 @@ impl Pool {
                 match result {
                     Ok(instance) if state.closed => Some(instance),
                     Ok(instance) => {
+                        pool.metrics.cold_starts.get_or_create(&script_labels(&pool.script)).inc();
                         tracing::info!(
                             script = %pool.script,
                             instance = instance.id(),
@@ -151,6 +186,7 @@ impl Pool {
                             key: spec.pool_key(),
                             in_flight: 0,
                             last_used: Instant::now(),
+                            _memory: memory,
                         });
                         None
                     }
@@ -207,6 +243,11 @@ impl Pool {
     pub fn instance_count(&self) -> usize {
         let state = self.lock();
         state.slots.len() + state.starting
+    }
+
+    /// The number of calls waiting for a free instance.
+    pub fn waiting(&self) -> usize {
+        self.lock().waiting
     }
 
     fn release(&self, instance: &Arc<dyn Instance>) -> Option<Arc<dyn Instance>> {
