@@ -82,7 +82,7 @@ async fn invoke_with_id(
         return Err(ApiError::invalid("flow must be a JSON object"));
     }
 
-    let data = CallData { payload, variables: request.variables, meta: request.meta, flow };
+    let data = CallData { payload, variables: request.variables, meta: request.meta, flow, http: None };
     let sent = data.clone();
     let reply = controller.invoke(&name, call_id, data).await?;
 

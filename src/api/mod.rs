@@ -2,6 +2,7 @@
 //! controller; every error leaves through [`ApiError`]'s response, the one
 //! place where an error kind becomes a status.
 
+mod http;
 mod invoke;
 mod views;
 
@@ -12,7 +13,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -30,6 +31,9 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/v1/scripts/{name}", get(show_script).put(deploy_script).delete(delete_script))
         .route("/v1/scripts/{name}/invoke", post(invoke::invoke_script))
         .route("/v1/scripts/{name}/logs", get(script_logs))
+        .route("/v1/http/{name}", any(http::http_root))
+        .route("/v1/http/{name}/", any(http::http_root))
+        .route("/v1/http/{name}/{*path}", any(http::http_path))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(crate::error::ErrorKind::NotFound, "no such API route") })
         .with_state(controller)

@@ -331,6 +331,7 @@ impl Controller {
             code_dir: artifact.code_dir.clone(),
             dependencies_dir: artifact.dependencies_dir.clone(),
             entry: artifact.manifest.entry.clone(),
+            concurrency: self.config.instance_concurrency,
             logs: self.log_buffer(&version.name),
             start_timeout: timeout,
             limits: ResourceLimits {

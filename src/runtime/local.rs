@@ -3,6 +3,7 @@
 //! [`super::cgroup`]), connected to the server by a Unix socket pair passed
 //! as fd 3. The instance's stdout and stderr go to the script's log buffer.
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
@@ -14,12 +15,14 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::oneshot;
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 use super::cgroup::{Cgroups, InstanceCgroup};
 use super::logs::{LogBuffer, capture_lines};
-use super::protocol::{CallHeader, FrameError, read_frame, write_frame};
+use super::protocol::{CallHeader, FrameError, InstanceHeader, read_frame, write_frame};
 use super::sandbox::{self, Sandbox, SandboxMounts};
 use super::{CallData, CallReply, Instance, InstanceSpec, ResourceLimits, Runtime};
 use crate::error::{ApiError, ErrorKind};
@@ -65,10 +68,23 @@ impl Runtime for LocalRuntime {
     }
 }
 
+/// Calls sent to an instance and waiting for their replies, by call id.
+/// Replies may come back in any order when the instance serves several
+/// calls at once; a reader task hands each to its caller.
+#[derive(Default)]
+struct PendingCalls {
+    waiting: HashMap<u64, oneshot::Sender<Result<(InstanceHeader, Vec<u8>), FrameError>>>,
+    /// Set when the connection failed; no reply will come any more.
+    closed: bool,
+}
+
 pub struct LocalInstance {
     id: u64,
     pid: i32,
-    connection: tokio::sync::Mutex<UnixStream>,
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    /// The reading half until the ready message is read; then the reader task owns it.
+    reader: tokio::sync::Mutex<Option<OwnedReadHalf>>,
+    pending: Arc<std::sync::Mutex<PendingCalls>>,
     child: tokio::sync::Mutex<Child>,
     /// Taken when the instance stops and its group is removed.
     cgroup: tokio::sync::Mutex<Option<InstanceCgroup>>,
@@ -124,10 +140,13 @@ impl LocalInstance {
         tokio::spawn(capture_lines(stdout, spec.logs.clone(), id, "stdout", spec.secrets.clone()));
         let stderr_reader = tokio::spawn(capture_lines(stderr, spec.logs.clone(), id, "stderr", spec.secrets.clone()));
 
+        let (reader, writer) = connect(server_end)?.into_split();
         let instance = LocalInstance {
             id,
             pid,
-            connection: tokio::sync::Mutex::new(connect(server_end)?),
+            writer: tokio::sync::Mutex::new(writer),
+            reader: tokio::sync::Mutex::new(Some(reader)),
+            pending: Arc::default(),
             child: tokio::sync::Mutex::new(child),
             cgroup: tokio::sync::Mutex::new(cgroup),
             stderr_reader: std::sync::Mutex::new(Some(stderr_reader)),
@@ -137,13 +156,12 @@ impl LocalInstance {
             next_call_id: AtomicU64::new(1),
             alive: AtomicBool::new(true),
         };
-        let ready = {
-            let mut connection = instance.connection.lock().await;
-            tokio::time::timeout(spec.start_timeout, read_frame(&mut *connection)).await
-        };
+        let mut reader = instance.reader.lock().await.take().expect("the reader is taken once");
+        let ready = tokio::time::timeout(spec.start_timeout, read_frame(&mut reader)).await;
         match ready {
             Ok(Ok((header, _))) if header.ready => {
                 tracing::info!(parent: &span, pid, "instance ready");
+                tokio::spawn(read_replies(reader, instance.pending.clone(), id));
                 Ok(instance)
             }
             Ok(Ok(_)) => {
@@ -164,7 +182,6 @@ impl LocalInstance {
     }
 
     async fn call_inner(&self, data: &CallData) -> Result<CallReply, ApiError> {
-        let mut connection = self.connection.lock().await;
         let id = self.next_call_id.fetch_add(1, Ordering::Relaxed);
         let header = CallHeader {
             id,
@@ -172,20 +189,34 @@ impl LocalInstance {
             variables: data.variables.clone(),
             meta: data.meta.clone(),
             flow: data.flow.clone(),
+            http: data.http.clone(),
         };
+        let (reply_sender, reply_receiver) = oneshot::channel();
+        // Registered before the call is sent, so the reply always finds it.
+        let registered = {
+            let mut pending = self.pending.lock().expect("pending calls poisoned");
+            if !pending.closed {
+                pending.waiting.insert(id, reply_sender);
+            }
+            !pending.closed
+        };
+        if !registered {
+            return Err(self.exit_error(&FrameError::Closed, "before the call").await);
+        }
         let body = data.payload.as_deref().unwrap_or_default();
-        if let Err(error) = write_frame(&mut *connection, &header, body).await {
-            drop(connection);
+        let written = {
+            let mut writer = self.writer.lock().await;
+            write_frame(&mut *writer, &header, body).await
+        };
+        if let Err(error) = written {
+            self.pending.lock().expect("pending calls poisoned").waiting.remove(&id);
             return Err(self.exit_error(&error, "during the call").await);
         }
-        let (reply, body) = match read_frame(&mut *connection).await {
-            Ok(frame) => frame,
-            Err(error) => {
-                drop(connection);
-                return Err(self.exit_error(&error, "during the call").await);
-            }
+        let (reply, body) = match reply_receiver.await {
+            Ok(Ok(frame)) => frame,
+            Ok(Err(error)) => return Err(self.exit_error(&error, "during the call").await),
+            Err(_) => return Err(self.exit_error(&FrameError::Closed, "during the call").await),
         };
-        drop(connection);
         if reply.id != id {
             self.stop_now().await;
             return Err(ApiError::new(
@@ -207,6 +238,7 @@ impl LocalInstance {
             variables: reply.variables,
             meta: reply.meta,
             flow: reply.flow,
+            http: reply.http,
             logs,
         })
     }
@@ -303,6 +335,33 @@ impl Drop for LocalInstance {
     }
 }
 
+/// Reads replies until the connection closes, handing each to the call
+/// waiting for its id. Then fails the calls still waiting.
+async fn read_replies(mut reader: OwnedReadHalf, pending: Arc<std::sync::Mutex<PendingCalls>>, instance: u64) {
+    let error = loop {
+        match read_frame(&mut reader).await {
+            Ok((header, body)) => {
+                let waiting = pending.lock().expect("pending calls poisoned").waiting.remove(&header.id);
+                match waiting {
+                    Some(sender) => {
+                        let _ = sender.send(Ok((header, body)));
+                    }
+                    None => tracing::warn!(instance, call = header.id, "reply to a call that is not waiting; ignored"),
+                }
+            }
+            Err(error) => break error,
+        }
+    };
+    let mut pending = pending.lock().expect("pending calls poisoned");
+    pending.closed = true;
+    for (_, sender) in pending.waiting.drain() {
+        let _ = sender.send(Err(match &error {
+            FrameError::Closed => FrameError::Closed,
+            other => FrameError::Io(std::io::Error::other(other.to_string())),
+        }));
+    }
+}
+
 /// Builds the bwrap command for an instance: the sandbox's arguments, then
 /// the interpreter with the template's arguments, with a clean environment.
 fn sandboxed_command(sandbox: &Sandbox, spec: &InstanceSpec) -> Command {
@@ -334,6 +393,7 @@ fn sandboxed_command(sandbox: &Sandbox, spec: &InstanceSpec) -> Command {
         .env("KUBEFAAS_CODE_DIR", sandbox::CODE_DIR)
         .env("KUBEFAAS_ENTRY", &spec.entry)
         .env("KUBEFAAS_SCRIPT", &spec.script)
+        .env("KUBEFAAS_CONCURRENCY", spec.concurrency.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -46,6 +46,8 @@ pub struct InstanceSpec {
     /// in `env` is replaced with where the instance sees it.
     pub dependencies_dir: PathBuf,
     pub entry: String,
+    /// Calls the instance is sent at once.
+    pub concurrency: usize,
     pub logs: Arc<LogBuffer>,
     /// How long the script may take to load before the start counts as failed.
     pub start_timeout: Duration,
@@ -81,6 +83,8 @@ pub struct CallData {
     pub variables: Map<String, Value>,
     pub meta: Map<String, Value>,
     pub flow: Value,
+    /// Set for a raw HTTP call: `{"method", "path", "query", "headers"}`.
+    pub http: Option<Value>,
 }
 
 /// What the script returned. Fields it left out are `None` and go back to
@@ -91,6 +95,8 @@ pub struct CallReply {
     pub variables: Option<Map<String, Value>>,
     pub meta: Option<Map<String, Value>>,
     pub flow: Option<Value>,
+    /// For a raw HTTP call: `{"status", "headers"}` as the script set them.
+    pub http: Option<Value>,
     pub logs: Vec<String>,
 }
 

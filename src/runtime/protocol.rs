@@ -24,6 +24,9 @@ pub struct CallHeader {
     pub variables: Map<String, Value>,
     pub meta: Map<String, Value>,
     pub flow: Value,
+    /// The HTTP request of a raw HTTP call: method, path, query, headers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<Value>,
 }
 
 /// The header of any frame an instance sends: the ready frame or a reply.
@@ -41,6 +44,8 @@ pub struct InstanceHeader {
     pub meta: Option<Map<String, Value>>,
     pub flow: Option<Value>,
     pub logs: Option<Vec<String>>,
+    /// The response a raw HTTP call sets: status and headers.
+    pub http: Option<Value>,
     pub error: Option<ScriptFailure>,
 }
 

@@ -60,6 +60,7 @@ async function serveCall(handle, header, body) {
     meta: header.meta || {},
     flow: header.flow || {},
   };
+  if (header.http !== undefined) data.http = header.http;
   try {
     let result = await handle(data);
     if (result === undefined || result === null) result = data;
@@ -68,7 +69,7 @@ async function serveCall(handle, header, body) {
     }
     const [hasPayload, payload] = encodePayload(result.payload);
     const reply = { id: header.id, ok: true, has_payload: hasPayload };
-    for (const field of ['variables', 'meta', 'flow']) {
+    for (const field of ['variables', 'meta', 'flow', 'http']) {
       if (result[field] !== undefined) reply[field] = result[field];
     }
     if (result.logs !== undefined) reply.logs = (result.logs || []).map(String);
@@ -81,9 +82,10 @@ async function serveCall(handle, header, body) {
   }
 }
 
+// Calls run concurrently: each reply is written when its handler settles,
+// and the controller matches replies to calls by id.
 function serve(socket, handle) {
   let buffered = Buffer.alloc(0);
-  let queue = Promise.resolve();
   socket.on('data', (chunk) => {
     buffered = buffered.length ? Buffer.concat([buffered, chunk]) : chunk;
     while (buffered.length >= 8) {
@@ -94,10 +96,7 @@ function serve(socket, handle) {
       const header = JSON.parse(buffered.subarray(8, 8 + headerLength).toString('utf8'));
       const body = Buffer.from(buffered.subarray(8 + headerLength, total));
       buffered = buffered.subarray(total);
-      queue = queue.then(async () => {
-        const [reply, payload] = await serveCall(handle, header, body);
-        writeFrame(socket, reply, payload);
-      });
+      serveCall(handle, header, body).then(([reply, payload]) => writeFrame(socket, reply, payload));
     }
   });
   socket.on('end', () => process.exit(0));

@@ -51,6 +51,9 @@ function kubefaas_serve_call($header, $body) {
         'meta' => $header['meta'] ?? [],
         'flow' => $header['flow'] ?? [],
     ];
+    if (array_key_exists('http', $header)) {
+        $data['http'] = $header['http'];
+    }
     try {
         $result = handle($data);
         if ($result === null) {
@@ -64,7 +67,7 @@ function kubefaas_serve_call($header, $body) {
             $payload = json_encode($payload);
         }
         $reply = ['id' => $header['id'], 'ok' => true, 'has_payload' => $payload !== null];
-        foreach (['variables', 'meta', 'flow'] as $field) {
+        foreach (['variables', 'meta', 'flow', 'http'] as $field) {
             if (array_key_exists($field, $result)) {
                 $reply[$field] = kubefaas_object($result[$field]);
             }

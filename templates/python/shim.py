@@ -11,7 +11,9 @@ import os
 import socket
 import struct
 import sys
+import threading
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 
 
 def connect():
@@ -45,11 +47,15 @@ def read_frame(stream):
     return header, body
 
 
+WRITE_LOCK = threading.Lock()
+
+
 def write_frame(stream, header, body=b""):
     encoded = json.dumps(header).encode()
-    stream.write(struct.pack(">II", len(encoded), len(body)) + encoded)
-    stream.write(body)
-    stream.flush()
+    with WRITE_LOCK:
+        stream.write(struct.pack(">II", len(encoded), len(body)) + encoded)
+        stream.write(body)
+        stream.flush()
 
 
 def load_handler():
@@ -92,6 +98,8 @@ def serve_call(handle, header, body):
         "meta": header.get("meta") or {},
         "flow": header.get("flow") or {},
     }
+    if "http" in header:
+        data["http"] = header["http"]
     try:
         result = handle(data)
         if result is None:
@@ -100,7 +108,7 @@ def serve_call(handle, header, body):
             raise TypeError(f"handle must return a dict, not {type(result).__name__}")
         has_payload, payload = encode_payload(result.get("payload"))
         reply = {"id": header["id"], "ok": True, "has_payload": has_payload}
-        for field in ("variables", "meta", "flow"):
+        for field in ("variables", "meta", "flow", "http"):
             if field in result:
                 reply[field] = result[field]
         if "logs" in result:
@@ -116,17 +124,28 @@ def serve_call(handle, header, body):
         }, b""
 
 
+def serve_and_reply(stream, handle, header, body):
+    reply, payload = serve_call(handle, header, body)
+    write_frame(stream, reply, payload)
+
+
 def main():
     connection = connect()
     stream = connection.makefile("rwb")
     handle = load_handler()
+    concurrency = int(os.environ.get("KUBEFAAS_CONCURRENCY", "1"))
+    # With more than one call at a time, each call runs on a worker thread
+    # and replies may go out of order; the controller matches them by id.
+    workers = ThreadPoolExecutor(max_workers=concurrency) if concurrency > 1 else None
     write_frame(stream, {"ready": True, "pid": os.getpid()})
     while True:
         header, body = read_frame(stream)
         if header is None:
             return
-        reply, payload = serve_call(handle, header, body)
-        write_frame(stream, reply, payload)
+        if workers is None:
+            serve_and_reply(stream, handle, header, body)
+        else:
+            workers.submit(serve_and_reply, stream, handle, header, body)
 
 
 main()

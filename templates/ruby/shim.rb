@@ -41,6 +41,7 @@ def kubefaas_serve_call(header, body)
     'meta' => header['meta'] || {},
     'flow' => header['flow'] || {}
   }
+  data['http'] = header['http'] if header.key?('http')
   result = handle(data)
   result = data if result.nil?
   raise TypeError, "handle must return a Hash, not #{result.class}" unless result.is_a?(Hash)
@@ -48,7 +49,7 @@ def kubefaas_serve_call(header, body)
   payload = result['payload']
   payload = JSON.generate(payload) unless payload.nil? || payload.is_a?(String)
   reply = { 'id' => header['id'], 'ok' => true, 'has_payload' => !payload.nil? }
-  %w[variables meta flow].each { |field| reply[field] = result[field] if result.key?(field) }
+  %w[variables meta flow http].each { |field| reply[field] = result[field] if result.key?(field) }
   reply['logs'] = Array(result['logs']).map(&:to_s) if result.key?('logs')
   [reply, (payload || '').b]
 rescue StandardError, ScriptError => e
