@@ -37,6 +37,10 @@ pub struct Config {
     pub memory_budget_mib: Option<u64>,
     /// Call records kept per script for `kubefaas logs`.
     pub call_records_per_script: usize,
+    /// Started instances kept waiting for a script, per template that
+    /// supports it (python, node); a cold start that takes one skips the
+    /// interpreter's start-up. Zero keeps none.
+    pub prewarm_instances_per_template: usize,
     /// The number of stdout and stderr lines kept per script.
     pub log_lines_per_script: usize,
     /// An artifact or layer unused for this many days is deleted.
@@ -73,6 +77,7 @@ impl Default for Config {
             max_waiting_calls_per_script: 1000,
             memory_budget_mib: None,
             call_records_per_script: 100,
+            prewarm_instances_per_template: 1,
             log_lines_per_script: 1000,
             retention_days: 14.0,
             build_step_timeout_seconds: 600.0,

@@ -24,6 +24,7 @@ pub struct ServeOptions {
     pub templates_dir: Option<PathBuf>,
     pub idle_timeout_seconds: Option<f64>,
     pub call_timeout_seconds: Option<f64>,
+    pub prewarm_instances_per_template: Option<usize>,
     pub cgroup_root: Option<PathBuf>,
     pub allow_no_cgroups: bool,
 }
@@ -34,6 +35,7 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(run(options))
@@ -43,6 +45,9 @@ async fn run(options: ServeOptions) -> anyhow::Result<()> {
     let mut config = Config::load(options.config.as_deref())?;
     if let Some(seconds) = options.idle_timeout_seconds {
         config.idle_timeout_seconds = seconds;
+    }
+    if let Some(count) = options.prewarm_instances_per_template {
+        config.prewarm_instances_per_template = count;
     }
     if let Some(seconds) = options.call_timeout_seconds {
         config.call_timeout_seconds = seconds;
@@ -77,6 +82,7 @@ async fn run(options: ServeOptions) -> anyhow::Result<()> {
     let controller = Arc::new(Controller::new(config, paths, store, templates, builder, runtime));
     tokio::spawn(controller.clone().run_idle_reaper());
     tokio::spawn(controller.clone().run_garbage_collector());
+    controller.start_prewarming();
 
     tracing::info!(%address, data_dir = %options.data_dir.display(), "kubefaas serving");
     // Scripts and tests that start the server read this line to find the port.

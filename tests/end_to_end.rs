@@ -47,7 +47,8 @@ const ECHO_SCRIPTS: [(&str, &str, &str); 4] = [
 
 #[test]
 fn examples_return_expected_output() {
-    let server = Server::start();
+    // The server's defaults, prewarmed instances included.
+    let server = Server::builder().prewarm(None).start();
     for example in ["order-to-warehouse", "csv-to-json", "filter-products", "invoice-totals"] {
         let dir = examples_dir().join(example);
         let deployed = server.cli_ok(&["deploy", dir.to_str().unwrap()]);

@@ -349,3 +349,48 @@ def handle(data):
     assert_eq!(server.invoke("never-deployed", json!({})).0, 404);
     assert!(!metrics(&server).keys().any(|key| key.contains("never-deployed")));
 }
+
+#[test]
+fn prewarmed_instances_take_cold_starts() {
+    let temp = tempfile::tempdir().unwrap();
+    let log = temp.path().join("server.log");
+    let server = Server::builder().prewarm(Some(1)).stderr_file(&log).start();
+    let python = "import os\ndef handle(data):\n    data['payload'] = 'py ' + data['payload'] + ' ' + os.environ['REGION']\n    return data\n";
+    let node = "module.exports = (data) => ({ payload: `js ${data.payload} ${process.env.REGION}` });\n";
+    for (name, file, script) in [("warm-py", "handler.py", python), ("warm-js", "index.js", node)] {
+        let (status, body) = server.deploy_folder(name, &[(file, script), ("kubefaas.toml", "[env]\nREGION = \"eu\"\n")]);
+        assert_eq!(status, 201, "{body}");
+    }
+    server.wait_until(Duration::from_secs(10), "the prewarmed instances are ready", || {
+        std::fs::read_to_string(&log).unwrap_or_default().matches("script=prewarmed-").count() >= 2
+    });
+    let (status, body) = server.invoke("warm-py", json!({"payload": "a"}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["payload"], "py a eu");
+    let (status, body) = server.invoke("warm-js", json!({"payload": "b"}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["payload"], "js b eu");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("prewarmed instance took the script") && text.contains("script=warm-py"), "{text}");
+    assert!(text.contains("script=warm-js"), "{text}");
+
+    // A script that fails to load in a prewarmed instance fails as it would in a new one.
+    assert_eq!(server.deploy_file("warm-broken", "handler.py", "import not_a_module\n").0, 201);
+    server.wait_until(Duration::from_secs(10), "a prewarmed python instance is ready again", || {
+        std::fs::read_to_string(&log).unwrap_or_default().matches("script=prewarmed-python").count() >= 2
+    });
+    let (status, body) = server.invoke("warm-broken", json!({}));
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["kind"], "crashed");
+    assert!(body["error"]["message"].as_str().unwrap().contains("No module named 'not_a_module'"), "{body}");
+}
+
+#[test]
+fn prewarm_pool_of_zero_works() {
+    let server = Server::builder().prewarm(None).config("prewarm_instances_per_template = 0\n").start();
+    assert_eq!(server.deploy_file("cold-only", "handler.py", ECHO_PY).0, 201);
+    let (status, body) = server.invoke("cold-only", json!({"payload": "x"}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["payload"], "x");
+    assert_eq!(common::child_pids(server.pid()).len(), 1, "only the script's own instance runs");
+}

@@ -43,6 +43,10 @@ enum Command {
         /// Seconds a call may take, including an instance's start.
         #[arg(long)]
         call_timeout: Option<f64>,
+        /// Started instances kept waiting for a script, per template that
+        /// supports it; 0 keeps none.
+        #[arg(long, value_name = "COUNT")]
+        prewarm: Option<usize>,
         /// Folder the cgroup hierarchies are mounted in.
         #[arg(long)]
         cgroup_root: Option<PathBuf>,
@@ -101,7 +105,7 @@ enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = client::Client::new(&cli.server);
     match cli.command {
-        Command::Serve { listen, data_dir, config, templates, idle_timeout, call_timeout, cgroup_root, allow_no_cgroups } => {
+        Command::Serve { listen, data_dir, config, templates, idle_timeout, call_timeout, prewarm, cgroup_root, allow_no_cgroups } => {
             let data_dir = match data_dir {
                 Some(dir) => dir,
                 None => default_data_dir()?,
@@ -113,6 +117,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 templates_dir: templates,
                 idle_timeout_seconds: idle_timeout,
                 call_timeout_seconds: call_timeout,
+                prewarm_instances_per_template: prewarm,
                 cgroup_root,
                 allow_no_cgroups,
             })?;

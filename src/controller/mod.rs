@@ -318,6 +318,16 @@ impl Controller {
         }
         let mut env = template.spec.run.env.clone();
         env.extend(settings.env.clone());
+        let limits = ResourceLimits {
+            memory_bytes: memory_mib * 1024 * 1024,
+            pids: self.config.max_pids_per_instance,
+            cpu_weight: settings.cpu_weight.unwrap_or(DEFAULT_CPU_WEIGHT),
+        };
+        let network = settings.network.unwrap_or(true);
+        let prewarm_fits = template.spec.prewarm
+            && artifact.manifest.dependency_layer.is_none()
+            && network
+            && limits == self.default_limits();
         Ok(InstanceSpec {
             script: version.name.clone(),
             version: version.version,
@@ -334,13 +344,53 @@ impl Controller {
             concurrency: self.config.instance_concurrency,
             logs: self.log_buffer(&version.name),
             start_timeout: timeout,
-            limits: ResourceLimits {
-                memory_bytes: memory_mib * 1024 * 1024,
-                pids: self.config.max_pids_per_instance,
-                cpu_weight: settings.cpu_weight.unwrap_or(DEFAULT_CPU_WEIGHT),
-            },
-            network: settings.network.unwrap_or(true),
+            limits,
+            network,
+            prewarm: prewarm_fits.then(|| template.spec.name.clone()),
         })
+    }
+
+    fn default_limits(&self) -> ResourceLimits {
+        ResourceLimits {
+            memory_bytes: self.config.instance_memory_mib * 1024 * 1024,
+            pids: self.config.max_pids_per_instance,
+            cpu_weight: DEFAULT_CPU_WEIGHT,
+        }
+    }
+
+    /// Asks the runtime to keep prewarmed instances of every template that
+    /// supports them: a spec per template with no script, empty code and
+    /// dependency folders, and the default limits.
+    pub fn start_prewarming(&self) {
+        let size = self.config.prewarm_instances_per_template;
+        let empty = self.paths.layers().join("empty");
+        let specs: Vec<InstanceSpec> = self
+            .templates
+            .all()
+            .filter(|template| template.spec.prewarm)
+            .map(|template| InstanceSpec {
+                script: format!("prewarmed-{}", template.spec.name),
+                version: 0,
+                build_key: String::new(),
+                interpreter: template.interpreter.clone(),
+                interpreter_paths: template.interpreter_paths.clone(),
+                args: template.spec.run.args.clone(),
+                shim: template.shim_path.clone(),
+                env: template.spec.run.env.clone(),
+                secrets: Default::default(),
+                code_dir: empty.clone(),
+                dependencies_dir: empty.clone(),
+                entry: String::new(),
+                concurrency: self.config.instance_concurrency,
+                logs: Arc::new(LogBuffer::new(self.config.log_lines_per_script)),
+                start_timeout: self.config.call_timeout(),
+                limits: self.default_limits(),
+                network: true,
+                prewarm: Some(template.spec.name.clone()),
+            })
+            .collect();
+        tracing::info!(templates = specs.len(), per_template = size, "prewarming instances");
+        self.runtime.prewarm(specs, size);
     }
 
     /// Stops idle instances every `period` until the server stops.

@@ -21,12 +21,12 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 use super::cgroup::{Cgroups, InstanceCgroup};
-use super::logs::{LogBuffer, capture_lines};
+use super::prewarm::{LoadError, Prewarmed, read_code_files};
+use super::logs::{LogTarget, capture_lines};
 use super::protocol::{CallHeader, FrameError, InstanceHeader, read_frame, write_frame};
 use super::sandbox::{self, Sandbox, SandboxMounts};
 use super::{CallData, CallReply, Instance, InstanceSpec, ResourceLimits, Runtime};
 use crate::error::{ApiError, ErrorKind};
-use crate::store::Secrets;
 
 /// The fd number the shim finds its end of the socket pair at.
 const INSTANCE_FD: i32 = 3;
@@ -37,29 +37,51 @@ const MIB: u64 = 1024 * 1024;
 static NEXT_INSTANCE_ID: AtomicU64 = AtomicU64::new(1);
 
 pub struct LocalRuntime {
-    sandbox: Sandbox,
+    inner: Arc<RuntimeInner>,
+}
+
+pub(super) struct RuntimeInner {
+    pub(super) sandbox: Sandbox,
     /// None when the operator chose to run without limits on a host with no
     /// usable cgroup hierarchy.
-    cgroups: Option<Cgroups>,
+    pub(super) cgroups: Option<Cgroups>,
+    pub(super) prewarmed: Prewarmed,
 }
 
 impl LocalRuntime {
     pub fn new(sandbox: Sandbox, cgroups: Option<Cgroups>) -> LocalRuntime {
-        LocalRuntime { sandbox, cgroups }
+        LocalRuntime { inner: Arc::new(RuntimeInner { sandbox, cgroups, prewarmed: Prewarmed::default() }) }
     }
 }
 
 impl Runtime for LocalRuntime {
     fn start(&self, spec: InstanceSpec) -> BoxFuture<'_, Result<Arc<dyn Instance>, ApiError>> {
         Box::pin(async move {
-            let instance = LocalInstance::start(self, spec).await?;
+            if let Some(template) = spec.prewarm.clone()
+                && let Some(instance) = Prewarmed::take(&self.inner, &template)
+            {
+                match instance.load_script(&spec).await {
+                    Ok(()) => return Ok(Arc::new(instance) as Arc<dyn Instance>),
+                    Err(LoadError::Failed(error)) => return Err(error),
+                    Err(LoadError::Unsuitable(reason)) => {
+                        tracing::info!(script = %spec.script, reason, "starting a new instance instead of a prewarmed one");
+                        instance.stop_now().await;
+                    }
+                }
+            }
+            let instance = LocalInstance::start(&self.inner, spec, false).await?;
             Ok(Arc::new(instance) as Arc<dyn Instance>)
         })
     }
 
+    fn prewarm(&self, generic_specs: Vec<InstanceSpec>, per_template: usize) {
+        Prewarmed::configure(&self.inner, generic_specs, per_template);
+    }
+
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            if let Some(cgroups) = &self.cgroups
+            self.inner.prewarmed.stop_all().await;
+            if let Some(cgroups) = &self.inner.cgroups
                 && let Err(error) = cgroups.remove().await
             {
                 tracing::warn!(error = %error, "removing the server's cgroups failed");
@@ -89,15 +111,18 @@ pub struct LocalInstance {
     /// Taken when the instance stops and its group is removed.
     cgroup: tokio::sync::Mutex<Option<InstanceCgroup>>,
     stderr_reader: std::sync::Mutex<Option<JoinHandle<()>>>,
-    logs: Arc<LogBuffer>,
+    /// Where stdout and stderr go; secrets are masked with it too.
+    log_target: LogTarget,
     limits: ResourceLimits,
-    secrets: Secrets,
     next_call_id: AtomicU64,
     alive: AtomicBool,
 }
 
 impl LocalInstance {
-    async fn start(runtime: &LocalRuntime, spec: InstanceSpec) -> Result<LocalInstance, ApiError> {
+    /// Starts an instance of `spec`. A `prewarmed` instance starts the
+    /// interpreter and the shim only, and waits for a script (see
+    /// [`LocalInstance::load_script`]).
+    pub(super) async fn start(runtime: &RuntimeInner, spec: InstanceSpec, prewarmed: bool) -> Result<LocalInstance, ApiError> {
         let id = NEXT_INSTANCE_ID.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!("instance", script = %spec.script, version = spec.version, instance = id);
         let (server_end, instance_end) = std::os::unix::net::UnixStream::pair()
@@ -111,6 +136,9 @@ impl LocalInstance {
             }
         };
         let mut command = sandboxed_command(&runtime.sandbox, &spec);
+        if prewarmed {
+            command.env("KUBEFAAS_PREWARM", "1");
+        }
         let join_files = cgroup.as_ref().map(InstanceCgroup::procs_files).unwrap_or_default();
         let instance_fd = instance_end.as_raw_fd();
         // SAFETY: the closure runs in the forked child before exec and calls
@@ -137,8 +165,9 @@ impl LocalInstance {
 
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
-        tokio::spawn(capture_lines(stdout, spec.logs.clone(), id, "stdout", spec.secrets.clone()));
-        let stderr_reader = tokio::spawn(capture_lines(stderr, spec.logs.clone(), id, "stderr", spec.secrets.clone()));
+        let log_target = LogTarget::new(spec.logs.clone(), spec.secrets.clone());
+        tokio::spawn(capture_lines(stdout, log_target.clone(), id, "stdout"));
+        let stderr_reader = tokio::spawn(capture_lines(stderr, log_target.clone(), id, "stderr"));
 
         let (reader, writer) = connect(server_end)?.into_split();
         let instance = LocalInstance {
@@ -150,9 +179,8 @@ impl LocalInstance {
             child: tokio::sync::Mutex::new(child),
             cgroup: tokio::sync::Mutex::new(cgroup),
             stderr_reader: std::sync::Mutex::new(Some(stderr_reader)),
-            logs: spec.logs.clone(),
+            log_target,
             limits: spec.limits,
-            secrets: spec.secrets.clone(),
             next_call_id: AtomicU64::new(1),
             alive: AtomicBool::new(true),
         };
@@ -229,10 +257,10 @@ impl LocalInstance {
                 error_type: "Error".into(),
                 message: "the script failed without a message".into(),
             });
-            let message = self.secrets.mask(&format!("{}: {}", failure.error_type, failure.message));
+            let message = self.log_target.mask(&format!("{}: {}", failure.error_type, failure.message));
             return Err(ApiError::new(ErrorKind::ScriptError, message).with("error_type", failure.error_type));
         }
-        let logs = reply.logs.unwrap_or_default().iter().map(|line| self.secrets.mask(line)).collect();
+        let logs = reply.logs.unwrap_or_default().iter().map(|line| self.log_target.mask(line)).collect();
         Ok(CallReply {
             payload: reply.has_payload.then_some(body),
             variables: reply.variables,
@@ -262,7 +290,7 @@ impl LocalInstance {
         if let Some(reader) = reader {
             let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
         }
-        let stderr_tail = self.logs.tail(self.id, "stderr", STDERR_TAIL_LINES).join("\n");
+        let stderr_tail = self.log_target.buffer().tail(self.id, "stderr", STDERR_TAIL_LINES).join("\n");
         let mut api_error = if oom_kills > 0 {
             let limit = self.limits.memory_bytes;
             let limit_text = if limit % MIB == 0 { format!("{} MiB", limit / MIB) } else { format!("{limit} bytes") };
@@ -292,9 +320,50 @@ impl LocalInstance {
         api_error
     }
 
+    /// Hands a prewarmed instance its script: the code files travel in one
+    /// frame, the shim writes them to its private /tmp and loads the entry.
+    async fn load_script(&self, spec: &InstanceSpec) -> Result<(), LoadError> {
+        let (files, body) = read_code_files(&spec.code_dir).map_err(LoadError::Unsuitable)?;
+        self.log_target.set(spec.logs.clone(), spec.secrets.clone());
+        let mut env: serde_json::Map<String, serde_json::Value> = spec
+            .env
+            .iter()
+            .map(|(key, value)| (key.clone(), value.replace("{dependencies}", sandbox::DEPENDENCIES_DIR).into()))
+            .collect();
+        env.extend(spec.secrets.0.iter().map(|(key, value)| (key.clone(), value.clone().into())));
+        env.insert("KUBEFAAS_SCRIPT".into(), spec.script.clone().into());
+        let id = self.next_call_id.fetch_add(1, Ordering::Relaxed);
+        let header = serde_json::json!({
+            "id": id,
+            "load": { "entry": spec.entry, "env": env, "files": files },
+        });
+        let (reply_sender, reply_receiver) = oneshot::channel();
+        self.pending.lock().expect("pending calls poisoned").waiting.insert(id, reply_sender);
+        let written = {
+            let mut writer = self.writer.lock().await;
+            write_frame(&mut *writer, &header, &body).await
+        };
+        let failed = match written {
+            Err(error) => Some(error),
+            Ok(()) => match reply_receiver.await {
+                Ok(Ok((reply, _))) if reply.ok => None,
+                Ok(Ok(_)) => Some(FrameError::Io(std::io::Error::other("the shim rejected the script"))),
+                Ok(Err(error)) => Some(error),
+                Err(_) => Some(FrameError::Closed),
+            },
+        };
+        match failed {
+            None => {
+                tracing::info!(script = %spec.script, instance = self.id, "prewarmed instance took the script");
+                Ok(())
+            }
+            Some(error) => Err(LoadError::Failed(self.exit_error(&error, "while loading the script").await)),
+        }
+    }
+
     /// Kills the whole process group, reaps the child and removes the
     /// instance's cgroup once its processes are gone.
-    async fn stop_now(&self) {
+    pub(super) async fn stop_now(&self) {
         self.alive.store(false, Ordering::Release);
         if self.pid > 0 {
             // SAFETY: kill has no memory-safety preconditions. The group id is

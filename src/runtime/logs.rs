@@ -58,21 +58,41 @@ impl LogBuffer {
     }
 }
 
-/// Reads `reader` to its end, pushing each line into `buffer` with the
-/// values of `secrets` masked. A line over [`MAX_LINE_BYTES`] is cut there
-/// and marked; the rest of it is skipped.
-pub async fn capture_lines(
-    mut reader: impl AsyncRead + Unpin,
-    buffer: std::sync::Arc<LogBuffer>,
-    instance: u64,
-    stream: &'static str,
-    secrets: Secrets,
-) {
+/// Where an instance's output goes: the script's buffer, with the script's
+/// secrets masked. A prewarmed instance gets its script's target when it is
+/// handed a script, so the target can change while the instance runs.
+#[derive(Clone)]
+pub struct LogTarget(std::sync::Arc<std::sync::RwLock<(std::sync::Arc<LogBuffer>, Secrets)>>);
+
+impl LogTarget {
+    pub fn new(buffer: std::sync::Arc<LogBuffer>, secrets: Secrets) -> LogTarget {
+        LogTarget(std::sync::Arc::new(std::sync::RwLock::new((buffer, secrets))))
+    }
+
+    pub fn set(&self, buffer: std::sync::Arc<LogBuffer>, secrets: Secrets) {
+        *self.0.write().expect("log target poisoned") = (buffer, secrets);
+    }
+
+    pub fn buffer(&self) -> std::sync::Arc<LogBuffer> {
+        self.0.read().expect("log target poisoned").0.clone()
+    }
+
+    pub fn mask(&self, text: &str) -> String {
+        self.0.read().expect("log target poisoned").1.mask(text)
+    }
+}
+
+/// Reads `reader` to its end, pushing each line into the target's buffer
+/// with the values of its secrets masked. A line over [`MAX_LINE_BYTES`] is
+/// cut there and marked; the rest of it is skipped.
+pub async fn capture_lines(mut reader: impl AsyncRead + Unpin, target: LogTarget, instance: u64, stream: &'static str) {
     let mut line: Vec<u8> = Vec::with_capacity(256);
     let mut skipped: u64 = 0;
     let mut chunk = vec![0u8; 16 * 1024];
     let emit = |line: &mut Vec<u8>, skipped: &mut u64| {
         let text = String::from_utf8_lossy(line);
+        let guard = target.0.read().expect("log target poisoned");
+        let (buffer, secrets) = &*guard;
         let mut text = if *skipped > 0 { secrets.mask_cut(&text) } else { secrets.mask(&text) };
         if *skipped > 0 {
             text.push_str(&format!(" [line cut: {} more bytes]", *skipped));
@@ -112,7 +132,7 @@ mod tests {
         let mut input = b"one\ntwo\n".to_vec();
         input.extend(std::iter::repeat_n(b'x', MAX_LINE_BYTES + 10));
         input.extend(b"\nlast");
-        capture_lines(&input[..], buffer.clone(), 1, "stdout", Secrets::default()).await;
+        capture_lines(&input[..], LogTarget::new(buffer.clone(), Secrets::default()), 1, "stdout").await;
         let lines = buffer.snapshot();
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[0].text, "two");
@@ -125,7 +145,7 @@ mod tests {
     async fn secret_values_are_masked() {
         let buffer = Arc::new(LogBuffer::new(10));
         let secrets = Secrets([("TOKEN".to_string(), "hunter2".to_string())].into());
-        capture_lines(&b"token is hunter2\nbye"[..], buffer.clone(), 1, "stderr", secrets).await;
+        capture_lines(&b"token is hunter2\nbye"[..], LogTarget::new(buffer.clone(), secrets), 1, "stderr").await;
         let lines: Vec<String> = buffer.snapshot().into_iter().map(|line| line.text).collect();
         assert_eq!(lines, ["token is ***", "bye"]);
     }

@@ -6,6 +6,7 @@
 pub mod cgroup;
 pub mod local;
 pub mod logs;
+mod prewarm;
 pub mod protocol;
 pub mod sandbox;
 
@@ -48,6 +49,10 @@ pub struct InstanceSpec {
     pub entry: String,
     /// Calls the instance is sent at once.
     pub concurrency: usize,
+    /// The template whose prewarmed instances can take this script: set
+    /// when the script needs nothing a prewarmed instance lacks (no
+    /// dependency layer, default limits, network on).
+    pub prewarm: Option<String>,
     pub logs: Arc<LogBuffer>,
     /// How long the script may take to load before the start counts as failed.
     pub start_timeout: Duration,
@@ -105,6 +110,11 @@ pub trait Runtime: Send + Sync {
     /// ready for calls. A script that fails while loading gives `crashed`
     /// with its own error output.
     fn start(&self, spec: InstanceSpec) -> BoxFuture<'_, Result<Arc<dyn Instance>, ApiError>>;
+
+    /// Keeps `per_template` started instances of each generic spec (one per
+    /// template, with no script) ready for specs whose `prewarm` names that
+    /// template. Zero keeps none.
+    fn prewarm(&self, _generic_specs: Vec<InstanceSpec>, _per_template: usize) {}
 
     /// Releases what the runtime holds for all instances, once every
     /// instance has been stopped.

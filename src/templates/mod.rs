@@ -56,6 +56,10 @@ pub struct TemplateSpec {
     pub interpreter: InterpreterSpec,
     pub dependencies: Option<DependencySpec>,
     pub run: RunSpec,
+    /// Whether the shim can start without a script and load one later,
+    /// which prewarmed instances need.
+    #[serde(default)]
+    pub prewarm: bool,
 }
 
 /// How the dependency layer is built. The layer's key is a hash of the

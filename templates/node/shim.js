@@ -84,10 +84,13 @@ async function serveCall(handle, header, body) {
 
 // Calls run concurrently: each reply is written when its handler settles,
 // and the controller matches replies to calls by id.
-function serve(socket, handle) {
-  let buffered = Buffer.alloc(0);
+function serve(socket, handle, initial) {
+  let buffered = initial;
   socket.on('data', (chunk) => {
     buffered = buffered.length ? Buffer.concat([buffered, chunk]) : chunk;
+    drain();
+  });
+  const drain = () => {
     while (buffered.length >= 8) {
       const headerLength = buffered.readUInt32BE(0);
       const bodyLength = buffered.readUInt32BE(4);
@@ -98,13 +101,62 @@ function serve(socket, handle) {
       buffered = buffered.subarray(total);
       serveCall(handle, header, body).then(([reply, payload]) => writeFrame(socket, reply, payload));
     }
-  });
+  };
+  drain();
   socket.on('end', () => process.exit(0));
   socket.on('error', () => process.exit(0));
 }
 
+// Reads exactly one frame, then hands the socket's remaining bytes back.
+function readOneFrame(socket, onFrame) {
+  let buffered = Buffer.alloc(0);
+  const onData = (chunk) => {
+    buffered = Buffer.concat([buffered, chunk]);
+    if (buffered.length < 8) return;
+    const headerLength = buffered.readUInt32BE(0);
+    const total = 8 + headerLength + buffered.readUInt32BE(4);
+    if (buffered.length < total) return;
+    socket.removeListener('data', onData);
+    socket.pause();
+    const header = JSON.parse(buffered.subarray(8, 8 + headerLength).toString('utf8'));
+    onFrame(header, buffered.subarray(8 + headerLength, total), buffered.subarray(total));
+  };
+  socket.on('data', onData);
+  socket.on('end', () => process.exit(0));
+}
+
+// A prewarmed instance gets its script in one frame: `load` has the entry,
+// the environment and the file list, the body the files' bytes in order.
+function receiveScript(header, body) {
+  const fs = require('fs');
+  const codeDir = '/tmp/kubefaas-code';
+  let offset = 0;
+  for (const file of header.load.files) {
+    const target = path.join(codeDir, file.path);
+    fs.mkdirSync(path.dirname(target), { recursive: true });
+    fs.writeFileSync(target, body.subarray(offset, offset + file.size));
+    offset += file.size;
+  }
+  Object.assign(process.env, header.load.env);
+  process.env.KUBEFAAS_CODE_DIR = codeDir;
+  process.env.KUBEFAAS_ENTRY = header.load.entry;
+  require('module').Module._initPaths();
+  process.chdir(codeDir);
+}
+
 connect((socket) => {
+  if (process.env.KUBEFAAS_PREWARM === '1') {
+    writeFrame(socket, { ready: true, prewarmed: true, pid: process.pid }, Buffer.alloc(0));
+    readOneFrame(socket, (header, body, rest) => {
+      receiveScript(header, body);
+      const handle = loadHandler();
+      writeFrame(socket, { id: header.id, ok: true }, Buffer.alloc(0));
+      serve(socket, handle, rest);
+      socket.resume();
+    });
+    return;
+  }
   const handle = loadHandler();
   writeFrame(socket, { ready: true, pid: process.pid }, Buffer.alloc(0));
-  serve(socket, handle);
+  serve(socket, handle, Buffer.alloc(0));
 });

@@ -129,15 +129,50 @@ def serve_and_reply(stream, handle, header, body):
     write_frame(stream, reply, payload)
 
 
+def receive_script(stream):
+    """Wait for the script of a prewarmed instance and write its files.
+
+    The controller sends one frame: `load` has the entry, the environment
+    and the file list, and the body holds the files' bytes in that order.
+    """
+    header, body = read_frame(stream)
+    if header is None:
+        sys.exit(0)
+    load = header["load"]
+    code_dir = "/tmp/kubefaas-code"
+    offset = 0
+    for file in load["files"]:
+        path = os.path.join(code_dir, file["path"])
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as output:
+            output.write(body[offset:offset + file["size"]])
+        offset += file["size"]
+    os.environ.update(load["env"])
+    os.environ["KUBEFAAS_CODE_DIR"] = code_dir
+    os.environ["KUBEFAAS_ENTRY"] = load["entry"]
+    for path in reversed(os.environ.get("PYTHONPATH", "").split(os.pathsep)):
+        if path and path not in sys.path:
+            sys.path.insert(0, path)
+    os.chdir(code_dir)
+    return header["id"]
+
+
 def main():
     connection = connect()
     stream = connection.makefile("rwb")
+    load_id = None
+    if os.environ.get("KUBEFAAS_PREWARM") == "1":
+        write_frame(stream, {"ready": True, "prewarmed": True, "pid": os.getpid()})
+        load_id = receive_script(stream)
     handle = load_handler()
     concurrency = int(os.environ.get("KUBEFAAS_CONCURRENCY", "1"))
     # With more than one call at a time, each call runs on a worker thread
     # and replies may go out of order; the controller matches them by id.
     workers = ThreadPoolExecutor(max_workers=concurrency) if concurrency > 1 else None
-    write_frame(stream, {"ready": True, "pid": os.getpid()})
+    if load_id is None:
+        write_frame(stream, {"ready": True, "pid": os.getpid()})
+    else:
+        write_frame(stream, {"id": load_id, "ok": True})
     while True:
         header, body = read_frame(stream)
         if header is None:

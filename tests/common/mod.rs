@@ -28,6 +28,9 @@ pub struct ServerBuilder {
     data_dir: Option<PathBuf>,
     config: Option<String>,
     stderr: Option<PathBuf>,
+    /// `--prewarm`: 0 unless a test asks, so that tests counting processes
+    /// and cgroups see only the instances of their scripts.
+    prewarm: Option<usize>,
 }
 
 impl ServerBuilder {
@@ -53,6 +56,12 @@ impl ServerBuilder {
     }
 
     /// Writes the server's stderr to `path` instead of the test's stderr.
+    /// Sets `--prewarm`; None leaves it to the config file and the default.
+    pub fn prewarm(mut self, count: Option<usize>) -> Self {
+        self.prewarm = count;
+        self
+    }
+
     pub fn stderr_file(mut self, path: &Path) -> Self {
         self.stderr = Some(path.to_path_buf());
         self
@@ -63,6 +72,9 @@ impl ServerBuilder {
         let data_dir = self.data_dir.clone().unwrap_or_else(|| temp.path().join("data"));
         let mut command = Command::new(BINARY);
         command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&data_dir).args(&self.args);
+        if let Some(count) = self.prewarm {
+            command.arg("--prewarm").arg(count.to_string());
+        }
         if let Some(config) = &self.config {
             let path = temp.path().join("config.toml");
             std::fs::write(&path, config).expect("writing the config file");
@@ -94,7 +106,7 @@ impl ServerBuilder {
 
 impl Server {
     pub fn builder() -> ServerBuilder {
-        ServerBuilder { args: Vec::new(), envs: Vec::new(), data_dir: None, config: None, stderr: None }
+        ServerBuilder { args: Vec::new(), envs: Vec::new(), data_dir: None, config: None, stderr: None, prewarm: Some(0) }
     }
 
     pub fn start() -> Server {
