@@ -1,6 +1,6 @@
-//! The server-wide memory budget: every running or starting instance holds
-//! a reservation of its memory limit, so the sum of the limits never passes
-//! the budget and a burst cannot start more instances than the host holds.
+//! The server-wide memory budget. Every running or starting instance has a
+//! reservation of its memory limit, so the sum of the limits stays within
+//! the budget and a burst cannot start more instances than the host fits.
 
 use std::sync::{Arc, Mutex};
 
@@ -41,8 +41,8 @@ impl Drop for MemoryReservation {
     }
 }
 
-/// The default budget: 80 % of the host's memory from /proc/meminfo, so
-/// the server and the page cache keep the rest.
+/// Computes the default budget: 80 % of the host's memory from
+/// /proc/meminfo, so the server and the page cache keep the rest.
 pub fn default_budget_bytes() -> u64 {
     let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|text| {
         text.lines()

@@ -239,13 +239,13 @@ impl Pool {
         self.stop_idle(Duration::ZERO).await;
     }
 
-    /// The number of instances, running or starting.
+    /// Counts the instances, running or starting.
     pub fn instance_count(&self) -> usize {
         let state = self.lock();
         state.slots.len() + state.starting
     }
 
-    /// The number of calls waiting for a free instance.
+    /// Counts the calls waiting for a free instance.
     pub fn waiting(&self) -> usize {
         self.lock().waiting
     }

@@ -111,7 +111,7 @@ pub struct LocalInstance {
     /// Taken when the instance stops and its group is removed.
     cgroup: tokio::sync::Mutex<Option<InstanceCgroup>>,
     stderr_reader: std::sync::Mutex<Option<JoinHandle<()>>>,
-    /// Where stdout and stderr go; secrets are masked with it too.
+    /// The destination of stdout and stderr, which also masks secrets.
     log_target: LogTarget,
     limits: ResourceLimits,
     next_call_id: AtomicU64,
@@ -219,6 +219,7 @@ impl LocalInstance {
             flow: data.flow.clone(),
             http: data.http.clone(),
         };
+
         let (reply_sender, reply_receiver) = oneshot::channel();
         // Registered before the call is sent, so the reply always finds it.
         let registered = {
@@ -231,6 +232,7 @@ impl LocalInstance {
         if !registered {
             return Err(self.exit_error(&FrameError::Closed, "before the call").await);
         }
+
         let body = data.payload.as_deref().unwrap_or_default();
         let written = {
             let mut writer = self.writer.lock().await;
@@ -240,6 +242,7 @@ impl LocalInstance {
             self.pending.lock().expect("pending calls poisoned").waiting.remove(&id);
             return Err(self.exit_error(&error, "during the call").await);
         }
+
         let (reply, body) = match reply_receiver.await {
             Ok(Ok(frame)) => frame,
             Ok(Err(error)) => return Err(self.exit_error(&error, "during the call").await),
@@ -332,11 +335,13 @@ impl LocalInstance {
             .collect();
         env.extend(spec.secrets.0.iter().map(|(key, value)| (key.clone(), value.clone().into())));
         env.insert("KUBEFAAS_SCRIPT".into(), spec.script.clone().into());
+
         let id = self.next_call_id.fetch_add(1, Ordering::Relaxed);
         let header = serde_json::json!({
             "id": id,
             "load": { "entry": spec.entry, "env": env, "files": files },
         });
+
         let (reply_sender, reply_receiver) = oneshot::channel();
         self.pending.lock().expect("pending calls poisoned").waiting.insert(id, reply_sender);
         let written = {

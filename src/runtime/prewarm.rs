@@ -133,8 +133,9 @@ impl Prewarmed {
     }
 }
 
-/// Reads a code layer into a file list (`{"path", "size", "executable"}`)
-/// and the concatenated contents, or says why it does not fit.
+/// Reads a code layer into a file list (`{"path", "size"}`) and the
+/// concatenated contents. Returns the reason as the error when the layer
+/// is too large or contains a link.
 pub fn read_code_files(code_dir: &Path) -> Result<(Vec<Value>, Vec<u8>), String> {
     let mut files = Vec::new();
     let mut body = Vec::new();
