@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Installs what kubefaas needs to build and run its templates, skipping
 # anything already present: a Rust toolchain is expected (rustup); Python 3,
-# Node.js with npm, PHP with composer, Ruby with bundler, and bubblewrap
-# (the instance sandbox) come from
-# Debian's packages when missing.
+# Node.js with npm, PHP with composer, Ruby with bundler, Go, and
+# bubblewrap (the instance sandbox) come from Debian's packages when missing.
 set -euo pipefail
 
 missing_packages=()
@@ -15,6 +14,7 @@ command -v php >/dev/null 2>&1 || missing_packages+=(php-cli)
 command -v composer >/dev/null 2>&1 || missing_packages+=(composer)
 command -v ruby >/dev/null 2>&1 || missing_packages+=(ruby)
 command -v bundle >/dev/null 2>&1 || missing_packages+=(bundler)
+command -v go >/dev/null 2>&1 || missing_packages+=(golang-go)
 if [ "${1:-}" = "--tests" ] && ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then
   missing_packages+=(python3-venv)
 fi

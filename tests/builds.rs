@@ -333,3 +333,45 @@ fn s3_store_serves_a_second_server_without_building() {
     assert_eq!(step_runs(&counter), 1);
     assert_eq!(second.invoke("app", json!({})).1["payload"], "s3:5");
 }
+
+#[test]
+fn go_script_is_compiled_and_served() {
+    let server = Server::start();
+    let handler = r#"package main
+
+import (
+	"errors"
+	"strings"
+)
+
+func handle(data *Data) error {
+	text := string(data.Payload)
+	if text == "fail" {
+		return errors.New("cannot ship to the moon")
+	}
+	data.Payload = []byte(strings.ToUpper(text))
+	data.Meta["lang"] = "go"
+	data.Logs = append(data.Logs, "uppercased "+data.Variables["order"])
+	return nil
+}
+"#;
+    let (status, body) = server.deploy_file("upper-go", "handler.go", handler);
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = server.invoke("upper-go", json!({"payload": "hello", "variables": {"order": "17"}}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["payload"], "HELLO");
+    assert_eq!(body["meta"], json!({"lang": "go"}));
+    assert_eq!(body["logs"], json!(["uppercased 17"]));
+
+    let (status, body) = server.invoke("upper-go", json!({"payload": "fail"}));
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error"]["kind"], "script_error");
+    assert_eq!(body["error"]["message"], "error: cannot ship to the moon");
+
+    let broken = "package main\nfunc handle(data *Data) error { return nil ";
+    let (status, body) = server.deploy_file("broken-go", "handler.go", broken);
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["kind"], "build_failed");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("syntax error"), "the compiler's message: {message}");
+}

@@ -317,14 +317,15 @@ impl Builder {
                 None
             }
         };
-        let code_dir = self.code_layer(input, log_path, progress).await?;
+        let code_key = code_layer_key(input);
+        let code_dir = self.code_layer(input, &code_key, log_path, progress).await?;
 
         let manifest = ArtifactManifest {
             build_key: input.key.to_string(),
             template: input.template.spec.name.clone(),
             entry: input.entry.to_string(),
             dependency_layer: dependency_layer.as_ref().map(|(key, _)| key.clone()),
-            code_layer: input.source_hash.to_string(),
+            code_layer: code_key,
         };
         let manifest_json = serde_json::to_vec_pretty(&manifest).map_err(|error| error.to_string())?;
         self.store
@@ -385,24 +386,45 @@ impl Builder {
         Ok(self.layers_dir.join(LayerKind::Dependencies.folder()).join(key))
     }
 
-    async fn code_layer(&self, input: &BuildInput<'_>, log_path: &Path, progress: &Progress) -> Result<PathBuf, String> {
-        if let Some(dir) = self.local_layer(LayerKind::Code, input.source_hash).await.map_err(|error| error.message)? {
-            append_log(log_path, &format!("code: layer {} reused\n", short(input.source_hash)));
+    async fn code_layer(
+        &self,
+        input: &BuildInput<'_>,
+        key: &str,
+        log_path: &Path,
+        progress: &Progress,
+    ) -> Result<PathBuf, String> {
+        if let Some(dir) = self.local_layer(LayerKind::Code, key).await.map_err(|error| error.message)? {
+            append_log(log_path, &format!("code: layer {} reused\n", short(key)));
             return Ok(dir);
         }
-        report(progress, "code: storing the layer");
         let staging = self.staging_path("code");
-        let copied = layers::copy_tree(input.source_dir, &staging).map_err(|error| format!("copying the code: {error}"));
-        let result = match copied {
-            Ok(_) => self.store_layer(LayerKind::Code, input.source_hash, &staging).await,
-            Err(message) => Err(message),
-        };
+        let result = async {
+            layers::copy_tree(input.source_dir, &staging).map_err(|error| format!("copying the code: {error}"))?;
+            if let Some(code) = &input.template.spec.code {
+                // The steps may write into the folder; hard links would
+                // let them change the stored source, so the shim is copied
+                // and the uploaded files are replaced by copies first.
+                replace_links_with_copies(&staging).map_err(|error| format!("copying the code: {error}"))?;
+                std::fs::copy(&input.template.shim_path, staging.join(&input.template.spec.shim))
+                    .map_err(|error| format!("copying the shim: {error}"))?;
+                for step in &code.steps {
+                    let command = input.template.step_command(step);
+                    let line = format!("code: $ {}", command.join(" "));
+                    append_log(log_path, &format!("{line}\n"));
+                    report(progress, line);
+                    steps::run_step(&command, &staging, log_path, self.step_timeout).await?;
+                }
+            }
+            report(progress, "code: storing the layer");
+            self.store_layer(LayerKind::Code, key, &staging).await
+        }
+        .await;
         if let Err(message) = result {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(message);
         }
-        append_log(log_path, &format!("code: layer {} stored\n", short(input.source_hash)));
-        Ok(self.layers_dir.join(LayerKind::Code.folder()).join(input.source_hash))
+        append_log(log_path, &format!("code: layer {} stored\n", short(key)));
+        Ok(self.layers_dir.join(LayerKind::Code.folder()).join(key))
     }
 
     /// Packs `staging` into the store, then moves it to its local place.
@@ -487,6 +509,32 @@ impl Builder {
     }
 }
 
+/// Computes the code layer key: the source hash, or, for a template that
+/// builds its code, a hash of the source and the template.
+fn code_layer_key(input: &BuildInput<'_>) -> String {
+    match &input.template.spec.code {
+        None => input.source_hash.to_string(),
+        Some(_) => hash_parts(&["kubefaas-code-1", input.source_hash, &input.template.digest, input.entry]),
+    }
+}
+
+/// Replaces every hard-linked file in `dir` with its own copy.
+fn replace_links_with_copies(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let file_type = entry.file_type()?;
+        if file_type.is_dir() {
+            replace_links_with_copies(&path)?;
+        } else if file_type.is_file() {
+            let copy = path.with_extension("kubefaas-copy");
+            std::fs::copy(&path, &copy)?;
+            std::fs::rename(&copy, &path)?;
+        }
+    }
+    Ok(())
+}
+
 /// Computes the dependency layer key, a hash of the template and the bytes
 /// of its dependency files. Returns None when the template has no
 /// dependencies or the upload lacks the dependency file.
@@ -538,13 +586,17 @@ fn bound_log(log: String) -> String {
 
 fn build_failed(log: &str) -> ApiError {
     let tail = tail_of(log, LOG_TAIL_BYTES);
-    let reason = tail
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|line| line.starts_with("ERROR") || line.starts_with("npm ERR!") || line.starts_with("npm error"))
-        .or_else(|| tail.lines().rev().map(str::trim).find(|line| !line.is_empty()))
-        .unwrap_or("no output");
+    let mut lines = tail.lines().rev().map(str::trim).filter(|line| !line.is_empty());
+    let last = lines.clone().next().unwrap_or("no output");
+    let reason = match lines.clone().find(|line| line.starts_with("ERROR") || line.starts_with("npm ERR!") || line.starts_with("npm error")) {
+        Some(line) => line.to_string(),
+        // The last line is the failed step; the line before it is usually
+        // the tool's own message, such as a compiler error.
+        None => match lines.nth(1) {
+            Some(message) if last.contains(" failed: ") => format!("{message} ({last})"),
+            _ => last.to_string(),
+        },
+    };
     ApiError::new(ErrorKind::BuildFailed, format!("the build failed: {reason}")).with("log_tail", tail)
 }
 

@@ -454,7 +454,10 @@ fn sandboxed_command(sandbox: &Sandbox, spec: &InstanceSpec) -> Command {
     let mut command = Command::new(sandbox.bwrap());
     command
         .args(sandbox.arguments(&mounts))
-        .arg(&spec.interpreter)
+        .arg(match &spec.program {
+            Some(program) => PathBuf::from(program.replace("{code}", sandbox::CODE_DIR)),
+            None => spec.interpreter.clone(),
+        })
         .args(spec.args.iter().map(|arg| arg.replace("{shim}", &shim_inside)))
         .current_dir("/")
         .env_clear()

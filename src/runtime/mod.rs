@@ -29,6 +29,9 @@ pub struct InstanceSpec {
     pub version: u64,
     pub build_key: String,
     pub interpreter: PathBuf,
+    /// The program to start instead of the interpreter; `{code}` stands for
+    /// the code folder as the instance sees it.
+    pub program: Option<String>,
     /// Folders the interpreter reads at run time (its installation prefix),
     /// which the instance may read.
     pub interpreter_paths: Vec<PathBuf>,

@@ -38,6 +38,12 @@ const BUILT_IN: &[(&str, &str, &str, &str)] = &[
         "shim.rb",
         include_str!("../../templates/ruby/shim.rb"),
     ),
+    (
+        "go",
+        include_str!("../../templates/go/template.toml"),
+        "kubefaas_shim.go",
+        include_str!("../../templates/go/kubefaas_shim.go"),
+    ),
 ];
 
 /// The contents of `template.toml`.
@@ -55,6 +61,8 @@ pub struct TemplateSpec {
     pub shim: String,
     pub interpreter: InterpreterSpec,
     pub dependencies: Option<DependencySpec>,
+    /// Build steps for the code layer, for compiled languages.
+    pub code: Option<CodeSpec>,
     pub run: RunSpec,
     /// Whether the shim can start without a script and load one later,
     /// which prewarmed instances need.
@@ -91,9 +99,22 @@ pub struct InterpreterSpec {
     pub resolve: Vec<String>,
 }
 
+/// How the code layer is built when uploaded files are not run as they are.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodeSpec {
+    /// Commands run in order inside the code layer folder, which holds the
+    /// uploaded files and a copy of the shim. `{interpreter}` becomes the
+    /// resolved interpreter (the compiler, for a compiled language).
+    pub steps: Vec<Vec<String>>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunSpec {
+    /// The program to start instead of the interpreter, such as a binary
+    /// the code steps built; `{code}` becomes the code folder.
+    pub program: Option<String>,
     /// Arguments after the interpreter; `{shim}` becomes the shim's path.
     pub args: Vec<String>,
     /// Environment of every instance; `{dependencies}` becomes the folder of
