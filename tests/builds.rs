@@ -298,15 +298,31 @@ fn broken_dependency_file_fails_the_build(store: StoreKind) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("build_failed") && stderr.contains("No matching distribution"), "{stderr}");
 
+    if let Some(s3) = &s3 {
+        let keys = s3.keys();
+        assert!(keys.iter().all(|key| !key.starts_with("artifacts/")), "no manifest for a failed build: {keys:?}");
+    }
+
+    // A failed redeploy of a working script leaves the working version serving.
+    let fixed = script_folder(temp.path(), "fixed", &[("handler.py", "def handle(data):\n    data['payload'] = 'fixed'\n    return data\n")]);
+    assert_eq!(deploy(&server, &fixed, "broken-deps").0, 201);
+    let (status, body) = deploy(&server, &dir, "broken-deps");
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["serving_version"], 2);
+    let (status, body) = server.invoke("broken-deps", json!({}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["payload"], "fixed");
+    let output = server.cli(&["deploy", dir.to_str().unwrap(), "--name", "broken-deps"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--- build log ---") && stderr.contains("pip install"), "the failed build's log: {stderr}");
+    assert!(stderr.contains("version 2 of broken-deps keeps serving"), "{stderr}");
+
     let leftovers: Vec<_> = std::fs::read_dir(server.data_dir.join("tmp")).unwrap().flatten().map(|entry| entry.path()).collect();
     assert!(leftovers.is_empty(), "a failed build leaves nothing behind: {leftovers:?}");
     let dependency_layers = server.data_dir.join("layers/dependencies");
     let layers: Vec<_> = std::fs::read_dir(&dependency_layers).map(|dir| dir.flatten().count()).into_iter().collect();
     assert!(layers.iter().all(|count| *count == 0), "no half-built dependency layer: {layers:?}");
-    if let Some(s3) = &s3 {
-        let keys = s3.keys();
-        assert!(keys.iter().all(|key| !key.starts_with("artifacts/")), "no manifest for a failed build: {keys:?}");
-    }
 }
 
 #[test]

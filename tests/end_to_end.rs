@@ -87,6 +87,8 @@ def handle(data):
     assert_eq!(status, 500, "{body}");
     assert_eq!(body["error"]["kind"], "script_error");
     assert_eq!(body["error"]["message"], "ValueError: cannot process order 17");
+    let traceback = body["error"]["traceback"].as_str().unwrap();
+    assert!(traceback.contains("line 3, in handle"), "the traceback names the line: {traceback}");
 
     let (status, body) = server.invoke("flaky", json!({"payload": "ok"}));
     assert_eq!(status, 200, "{body}");
@@ -307,6 +309,11 @@ fn malformed_requests_are_invalid() {
 
     let response = server.http().put(format!("{}/v1/scripts/raw", server.url)).body("x").send().unwrap();
     assert_eq!(response.status().as_u16(), 400);
+
+    let response = server.http().get(format!("{}/v1/scripts/echo/invoke", server.url)).send().unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    let body: serde_json::Value = response.json().unwrap();
+    assert_eq!(body["error"]["kind"], "invalid_request");
 }
 
 #[test]

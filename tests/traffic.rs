@@ -229,7 +229,7 @@ def handle(data):
     if isinstance(body, str):
         body = body.encode()
     data['payload'] = bytes(reversed(body))
-    data['http'] = {
+    data['response'] = {
         'status': 201 if request['method'] == 'PUT' else 200,
         'headers': {
             'content-type': 'application/x-reversed',
@@ -246,7 +246,7 @@ module.exports = async (data) => {
   const request = data.http;
   const body = Buffer.isBuffer(data.payload) ? data.payload : Buffer.from(data.payload, 'utf8');
   data.payload = Buffer.from(body).reverse();
-  data.http = {
+  data.response = {
     status: request.method === 'PUT' ? 201 : 200,
     headers: {
       'content-type': 'application/x-reversed',
@@ -289,7 +289,22 @@ module.exports = async (data) => {
         assert_eq!(response.bytes().unwrap().to_vec(), reversed, "{name}: the root path works");
     }
 
-    let bad_status = "def handle(data):\n    data['http'] = {'status': 42}\n    return data\n";
+    // A script that returns the data object as it came does not echo the
+    // request's headers, and the server frames the body itself.
+    assert_eq!(server.deploy_file("echo-http", "handler.py", ECHO_PY).0, 201);
+    let response = server
+        .http()
+        .post(format!("{}/v1/http/echo-http/x", server.url))
+        .header("x-client", "test-suite")
+        .body("{\"x\": 1}")
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(!response.headers().contains_key("x-client"), "{:?}", response.headers());
+    assert_eq!(response.headers()["content-length"], "8");
+    assert_eq!(response.text().unwrap(), "{\"x\": 1}");
+
+    let bad_status = "def handle(data):\n    data['response'] = {'status': 42}\n    return data\n";
     assert_eq!(server.deploy_file("bad-status", "handler.py", bad_status).0, 201);
     let response = server.http().get(format!("{}/v1/http/bad-status/", server.url)).send().unwrap();
     assert_eq!(response.status().as_u16(), 500);

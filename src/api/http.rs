@@ -4,8 +4,10 @@
 //! The script gets `payload` = the request body and `http` =
 //! `{"method", "path", "query", "headers"}` (header names lowercase, repeated
 //! headers joined with ", "). It returns `payload` = the response body and,
-//! optionally, `http` = `{"status", "headers"}`; the status defaults to 200
-//! and the Content-Type to application/octet-stream.
+//! optionally, `response` = `{"status", "headers"}`; the status defaults to
+//! 200 and the Content-Type to application/octet-stream. The request stays
+//! out of the response, so a script that returns `data` as it came does not
+//! echo the request's headers.
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
@@ -114,7 +116,7 @@ async fn call(
 /// Builds the HTTP response the script set. A status or header the script
 /// set that HTTP does not allow is the script's error.
 fn response_from(reply: CallReply) -> Result<Response, ApiError> {
-    let http = reply.http.unwrap_or(Value::Null);
+    let http = reply.response.unwrap_or(Value::Null);
     let status = match &http["status"] {
         Value::Null => StatusCode::OK,
         value => value
@@ -130,6 +132,10 @@ fn response_from(reply: CallReply) -> Result<Response, ApiError> {
     response_headers.insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     if let Some(headers) = http["headers"].as_object() {
         for (header_name, value) in headers {
+            // The server frames the body itself.
+            if FRAMING_HEADERS.contains(&header_name.to_ascii_lowercase().as_str()) {
+                continue;
+            }
             let header_name = HeaderName::from_bytes(header_name.as_bytes())
                 .map_err(|_| script_error(format!("the script set an invalid HTTP header name {header_name:?}")))?;
             let text = match value {
@@ -143,6 +149,10 @@ fn response_from(reply: CallReply) -> Result<Response, ApiError> {
     }
     Ok(response)
 }
+
+/// Headers that describe how the body is framed on the connection; the
+/// server sets them, whatever the script returns.
+const FRAMING_HEADERS: &[&str] = &["content-length", "transfer-encoding", "connection", "keep-alive", "upgrade"];
 
 fn script_error(message: String) -> ApiError {
     ApiError::new(ErrorKind::ScriptError, message)

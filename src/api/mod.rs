@@ -36,6 +36,12 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/v1/http/{name}/{*path}", any(http::http_path))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(crate::error::ErrorKind::NotFound, "no such API route") })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            // The route exists, so this is an invalid request, answered with
+            // the status HTTP has for it.
+            let error = ApiError::invalid(format!("method {method} is not allowed on this route"));
+            (StatusCode::METHOD_NOT_ALLOWED, axum::Json(error.body()))
+        })
         .with_state(controller)
 }
 
@@ -187,6 +193,9 @@ async fn delete_script(State(controller): State<AppState>, Path(name): Path<Stri
 struct LogsQuery {
     #[serde(default)]
     build: bool,
+    /// With `build`: the log of this build key (as a failed deploy
+    /// reports it) instead of the current version's.
+    key: Option<String>,
 }
 
 async fn script_logs(
@@ -197,9 +206,10 @@ async fn script_logs(
     validate_name(&name)?;
     let script = controller.script(&name)?;
     if query.build {
-        let record = controller.build_record(&script.current.build_key)?;
+        let key = query.key.unwrap_or(script.current.build_key);
+        let record = controller.build_record(&key)?;
         let log = record.map(|record| record.log).unwrap_or_default();
-        return Ok(axum::Json(json!({ "script": name, "build_key": script.current.build_key, "build_log": log })));
+        return Ok(axum::Json(json!({ "script": name, "build_key": key, "build_log": log })));
     }
     Ok(axum::Json(json!({ "script": name, "lines": controller.logs(&name), "calls": controller.calls(&name) })))
 }

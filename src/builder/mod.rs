@@ -302,7 +302,7 @@ impl Builder {
         append_log(log_path, &format!("build {} with template {}\n", short(input.key), input.template.spec.name));
         if !input.source_dir.join(input.entry).is_file() {
             return Err(format!(
-                "entry file {:?} not found: the {} template loads it, so upload it or set `entry` in kubefaas.toml",
+                "entry file {:?} not found in the upload: the {} template loads it, so upload it, or set `entry` in kubefaas.toml to the file that defines the handler",
                 input.entry, input.template.spec.name
             ));
         }
@@ -588,7 +588,15 @@ fn build_failed(log: &str) -> ApiError {
     let tail = tail_of(log, LOG_TAIL_BYTES);
     let mut lines = tail.lines().rev().map(str::trim).filter(|line| !line.is_empty());
     let last = lines.clone().next().unwrap_or("no output");
-    let reason = match lines.clone().find(|line| line.starts_with("ERROR") || line.starts_with("npm ERR!") || line.starts_with("npm error")) {
+    // npm prints its error code first and the path of its own log last;
+    // the lines in between say what failed.
+    let npm_reason = tail.lines().map(str::trim).find(|line| {
+        (line.starts_with("npm error") || line.starts_with("npm ERR!"))
+            && !line.contains(" code ")
+            && !line.contains("A complete log of this run")
+    });
+    let pip_reason = lines.clone().find(|line| line.starts_with("ERROR"));
+    let reason = match npm_reason.or(pip_reason) {
         Some(line) => line.to_string(),
         // The last line is the failed step; the line before it is usually
         // the tool's own message, such as a compiler error.

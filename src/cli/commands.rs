@@ -66,10 +66,14 @@ pub fn deploy(
             let build_failed = event["error"]["kind"] == "build_failed";
             if build_failed {
                 // The whole log, not only the tail in the error.
-                if let Ok(logs) = client.get(&format!("/v1/scripts/{name}/logs?build=true")) {
+                let key = event["error"]["build_key"].as_str().unwrap_or_default();
+                if let Ok(logs) = client.get(&format!("/v1/scripts/{name}/logs?build=true&key={key}")) {
                     eprintln!("--- build log ---\n{}", logs["build_log"].as_str().unwrap_or("").trim_end());
                 }
                 eprintln!("error: {error}");
+                if let Some(version) = event["error"]["serving_version"].as_u64() {
+                    eprintln!("version {version} of {name} keeps serving");
+                }
                 return Ok(ExitCode::FAILURE);
             }
             return report(error);
@@ -330,7 +334,11 @@ pub fn templates(client: &Client) -> anyhow::Result<ExitCode> {
 fn report(error: ClientError) -> anyhow::Result<ExitCode> {
     eprintln!("error: {error}");
     if let ClientError::Api { body, .. } = &error {
-        for (field, title) in [("log_tail", "build log (end)"), ("stderr_tail", "script error output (end)")] {
+        for (field, title) in [
+            ("log_tail", "build log (end)"),
+            ("stderr_tail", "script error output (end)"),
+            ("traceback", "traceback"),
+        ] {
             if let Some(text) = body[field].as_str() {
                 eprintln!("--- {title} ---\n{}", text.trim_end());
             }

@@ -111,7 +111,7 @@ impl Controller {
         let source_dir = self.store_source(&tree, &source_hash)?;
         let key = build_key(template, &entry, &source_hash);
 
-        let version = self.store.add_version(ScriptVersion {
+        let candidate = ScriptVersion {
             name: request.name.clone(),
             version: 0,
             template: template.spec.name.clone(),
@@ -122,14 +122,26 @@ impl Controller {
             created_at_ms: now_ms(),
             settings,
             secrets,
-        })?;
-        tracing::info!(script = %version.name, version = version.version, build_key = %version.build_key, "version deployed");
+        };
 
-        let built = self.builder_ensure(&version, template, &source_dir, progress).await;
+        // Built before it is recorded: a version whose build fails does not
+        // replace a working one. A new script is recorded anyway, so that
+        // invoking it answers build_failed.
+        let built = self.builder_ensure(&candidate, template, &source_dir, progress).await;
+        let previous = self.store.script(&request.name)?;
+        if let (Err(error), Some(previous)) = (&built, &previous) {
+            tracing::warn!(script = %request.name, build_key = %candidate.build_key, "build failed; the current version keeps serving");
+            return Err(error
+                .clone()
+                .with("build_key", candidate.build_key.clone())
+                .with("serving_version", previous.current.version));
+        }
+        let version = self.store.add_version(candidate)?;
+        tracing::info!(script = %version.name, version = version.version, build_key = %version.build_key, "version deployed");
         let build = self.store.build(&version.build_key)?;
         match built {
             Ok(outcome) => Ok(Deployed { version, outcome, build }),
-            Err(error) => Err(error.with("version", version.version)),
+            Err(error) => Err(error.with("build_key", version.build_key.clone()).with("version", version.version)),
         }
     }
 

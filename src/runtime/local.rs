@@ -259,9 +259,14 @@ impl LocalInstance {
             let failure = reply.error.unwrap_or_else(|| super::protocol::ScriptFailure {
                 error_type: "Error".into(),
                 message: "the script failed without a message".into(),
+                traceback: None,
             });
             let message = self.log_target.mask(&format!("{}: {}", failure.error_type, failure.message));
-            return Err(ApiError::new(ErrorKind::ScriptError, message).with("error_type", failure.error_type));
+            let mut error = ApiError::new(ErrorKind::ScriptError, message).with("error_type", failure.error_type);
+            if let Some(traceback) = failure.traceback {
+                error = error.with("traceback", self.log_target.mask(&traceback));
+            }
+            return Err(error);
         }
         let logs = reply.logs.unwrap_or_default().iter().map(|line| self.log_target.mask(line)).collect();
         Ok(CallReply {
@@ -269,7 +274,7 @@ impl LocalInstance {
             variables: reply.variables,
             meta: reply.meta,
             flow: reply.flow,
-            http: reply.http,
+            response: reply.response,
             logs,
         })
     }

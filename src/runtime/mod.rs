@@ -104,7 +104,7 @@ pub struct CallReply {
     pub meta: Option<Map<String, Value>>,
     pub flow: Option<Value>,
     /// For a raw HTTP call: `{"status", "headers"}` as the script set them.
-    pub http: Option<Value>,
+    pub response: Option<Value>,
     pub logs: Vec<String>,
 }
 

@@ -45,7 +45,7 @@ pub struct InstanceHeader {
     pub flow: Option<Value>,
     pub logs: Option<Vec<String>>,
     /// The response a raw HTTP call sets: status and headers.
-    pub http: Option<Value>,
+    pub response: Option<Value>,
     pub error: Option<ScriptFailure>,
 }
 
@@ -55,6 +55,8 @@ pub struct ScriptFailure {
     #[serde(rename = "type")]
     pub error_type: String,
     pub message: String,
+    /// Where it was raised, as the language prints it.
+    pub traceback: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -24,9 +24,10 @@ type Data struct {
 	Meta      map[string]string
 	Flow      map[string]any
 	Logs      []string
-	// HTTP is set for a raw HTTP call: method, path, query, headers. A
-	// script may set "status" and "headers" for the response.
+	// HTTP is set for a raw HTTP call: method, path, query, headers.
 	HTTP map[string]any
+	// Response is what a raw HTTP call answers: "status" and "headers".
+	Response map[string]any
 }
 
 type callHeader struct {
@@ -51,7 +52,7 @@ type replyHeader struct {
 	Meta       map[string]string `json:"meta,omitempty"`
 	Flow       map[string]any    `json:"flow,omitempty"`
 	Logs       []string          `json:"logs,omitempty"`
-	HTTP       map[string]any    `json:"http,omitempty"`
+	Response   map[string]any    `json:"response,omitempty"`
 	Error      *failure          `json:"error,omitempty"`
 	Ready      bool              `json:"ready,omitempty"`
 	Pid        int               `json:"pid,omitempty"`
@@ -136,7 +137,7 @@ func serveCall(out io.Writer, header *callHeader, body []byte) {
 		Meta:       data.Meta,
 		Flow:       data.Flow,
 		Logs:       data.Logs,
-		HTTP:       data.HTTP,
+		Response:   data.Response,
 	}
 	writeFrame(out, reply, data.Payload)
 }

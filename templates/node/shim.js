@@ -69,7 +69,7 @@ async function serveCall(handle, header, body) {
     }
     const [hasPayload, payload] = encodePayload(result.payload);
     const reply = { id: header.id, ok: true, has_payload: hasPayload };
-    for (const field of ['variables', 'meta', 'flow', 'http']) {
+    for (const field of ['variables', 'meta', 'flow', 'response']) {
       if (result[field] !== undefined) reply[field] = result[field];
     }
     if (result.logs !== undefined) reply.logs = (result.logs || []).map(String);
@@ -78,7 +78,8 @@ async function serveCall(handle, header, body) {
     console.error(error && error.stack ? error.stack : String(error));
     const type = error && error.constructor ? error.constructor.name : 'Error';
     const message = error && error.message !== undefined ? error.message : String(error);
-    return [{ id: header.id, ok: false, error: { type, message } }, Buffer.alloc(0)];
+    const traceback = error && error.stack ? String(error.stack) : undefined;
+    return [{ id: header.id, ok: false, error: { type, message, traceback } }, Buffer.alloc(0)];
   }
 }
 

@@ -67,7 +67,7 @@ function kubefaas_serve_call($header, $body) {
             $payload = json_encode($payload);
         }
         $reply = ['id' => $header['id'], 'ok' => true, 'has_payload' => $payload !== null];
-        foreach (['variables', 'meta', 'flow', 'http'] as $field) {
+        foreach (['variables', 'meta', 'flow', 'response'] as $field) {
             if (array_key_exists($field, $result)) {
                 $reply[$field] = kubefaas_object($result[$field]);
             }
@@ -78,7 +78,7 @@ function kubefaas_serve_call($header, $body) {
         return [$reply, $payload ?? ''];
     } catch (Throwable $error) {
         fwrite(STDERR, (string) $error . "\n");
-        $reply = ['id' => $header['id'], 'ok' => false, 'error' => ['type' => get_class($error), 'message' => $error->getMessage()]];
+        $reply = ['id' => $header['id'], 'ok' => false, 'error' => ['type' => get_class($error), 'message' => $error->getMessage(), 'traceback' => (string) $error]];
         return [$reply, ''];
     }
 }

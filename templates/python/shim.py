@@ -108,7 +108,7 @@ def serve_call(handle, header, body):
             raise TypeError(f"handle must return a dict, not {type(result).__name__}")
         has_payload, payload = encode_payload(result.get("payload"))
         reply = {"id": header["id"], "ok": True, "has_payload": has_payload}
-        for field in ("variables", "meta", "flow", "http"):
+        for field in ("variables", "meta", "flow", "response"):
             if field in result:
                 reply[field] = result[field]
         if "logs" in result:
@@ -120,7 +120,7 @@ def serve_call(handle, header, body):
         return {
             "id": header["id"],
             "ok": False,
-            "error": {"type": type(error).__name__, "message": str(error)},
+            "error": {"type": type(error).__name__, "message": str(error), "traceback": traceback.format_exc()},
         }, b""
 
 

@@ -49,12 +49,13 @@ def kubefaas_serve_call(header, body)
   payload = result['payload']
   payload = JSON.generate(payload) unless payload.nil? || payload.is_a?(String)
   reply = { 'id' => header['id'], 'ok' => true, 'has_payload' => !payload.nil? }
-  %w[variables meta flow http].each { |field| reply[field] = result[field] if result.key?(field) }
+  %w[variables meta flow response].each { |field| reply[field] = result[field] if result.key?(field) }
   reply['logs'] = Array(result['logs']).map(&:to_s) if result.key?('logs')
   [reply, (payload || '').b]
 rescue StandardError, ScriptError => e
   warn "#{e.class}: #{e.message}\n#{Array(e.backtrace).join("\n")}"
-  [{ 'id' => header['id'], 'ok' => false, 'error' => { 'type' => e.class.name, 'message' => e.message } }, ''.b]
+  failure = { 'type' => e.class.name, 'message' => e.message, 'traceback' => Array(e.backtrace).join("\n") }
+  [{ 'id' => header['id'], 'ok' => false, 'error' => failure }, ''.b]
 end
 
 connection = kubefaas_connect
