@@ -3,6 +3,8 @@
 # anything already present: a Rust toolchain is expected (rustup); Python 3,
 # Node.js with npm, PHP with composer, Ruby with bundler, Go, and
 # bubblewrap (the instance sandbox) come from Debian's packages when missing.
+# With --bench it also installs nginx and its stream module, the benchmark's
+# reference proxy.
 set -euo pipefail
 
 missing_packages=()
@@ -19,6 +21,10 @@ if [ "${1:-}" = "--tests" ] && ! python3 -c "import ensurepip, venv" >/dev/null 
   missing_packages+=(python3-venv)
 fi
 command -v bwrap >/dev/null 2>&1 || missing_packages+=(bubblewrap)
+if [ "${1:-}" = "--bench" ]; then
+  [ -x /usr/sbin/nginx ] || missing_packages+=(nginx)
+  [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing_packages+=(libnginx-mod-stream)
+fi
 
 if [ "${#missing_packages[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Sets up what the tests need, then runs every test: unit tests and the
-# end-to-end tests, which start the real server with real Python and Node.
+# Sets up what the tests need, then runs every test: unit tests, the
+# end-to-end tests, which start the real server with real Python and Node,
+# and the benchmark harness in quick mode. That last one is a smoke test that
+# checks no timing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh --tests
-cargo build --all-targets --locked
-cargo nextest run --locked --no-fail-fast
+cargo build --workspace --all-targets --locked
+cargo nextest run --workspace --locked --no-fail-fast
