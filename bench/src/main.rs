@@ -28,12 +28,15 @@ struct Options {
     /// numbers are not meaningful.
     #[arg(long)]
     quick: bool,
-    /// Repeats of each repeated measurement (default: 5, or 2 with --quick).
+    /// Repeats of the warm call, scale and burst measurements (default: 7, or 2 with --quick).
     #[arg(long)]
     runs: Option<usize>,
     /// The kubefaas binary to benchmark (default: `kubefaas` next to this binary).
     #[arg(long)]
     server: Option<PathBuf>,
+    /// Concurrency levels of the warm call section (default: 1,8,64).
+    #[arg(long, value_delimiter = ',')]
+    warm_concurrency: Vec<usize>,
     /// Sections to run, by name: warm, cold, builds, scale, upload, burst
     /// (default: all).
     #[arg(long, value_delimiter = ',')]
@@ -99,6 +102,10 @@ async fn run(options: Options) -> anyhow::Result<ExitCode> {
     if let Some(runs) = options.runs {
         anyhow::ensure!(runs >= 1, "--runs must be at least 1");
         plan.runs = runs;
+    }
+    if !options.warm_concurrency.is_empty() {
+        anyhow::ensure!(!options.warm_concurrency.contains(&0), "--warm-concurrency levels must be at least 1");
+        plan.warm_concurrency = options.warm_concurrency;
     }
     let tools = find_tools(options.server)?;
 

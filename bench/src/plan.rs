@@ -27,16 +27,16 @@ pub struct Plan {
 impl Plan {
     pub fn full() -> Plan {
         Plan {
-            runs: 5,
+            runs: 7,
             warm_calls: 4000,
             warm_concurrency: vec![1, 8, 64],
             warm_instances: 4,
-            cold_runs: 10,
+            cold_runs: 20,
             build_runs: 10,
             scale_levels: vec![10, 1_000, 10_000],
             scale_calls: 2000,
             upload_bytes: 4_000_000_000,
-            upload_runs: 2,
+            upload_runs: 3,
             burst_calls: 200,
         }
     }

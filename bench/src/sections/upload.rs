@@ -67,7 +67,11 @@ pub async fn run(tools: &Tools, plan: &Plan) -> anyhow::Result<Vec<Row>> {
         sampled_peak.push(highest_sampled as f64);
     }
 
-    let size = format_value(plan.upload_bytes as f64, Unit::Bytes);
+    let size = format!(
+        "{:.2} GB ({})",
+        plan.upload_bytes as f64 / 1e9,
+        format_value(plan.upload_bytes as f64, Unit::Bytes)
+    );
     Ok(vec![
         Row::new(
             SECTION,
