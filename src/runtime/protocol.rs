@@ -73,19 +73,31 @@ pub enum FrameError {
     BodyTooLarge(u32),
 }
 
+/// Bodies up to this size go out in the same write as the prefix and the
+/// header, so a typical call is one system call and wakes the instance once.
+/// Larger bodies are written separately instead of being copied.
+const SINGLE_WRITE_BODY_BYTES: usize = 64 * 1024;
+
 pub async fn write_frame<W: AsyncWrite + Unpin>(
     writer: &mut W,
     header: &impl Serialize,
     body: &[u8],
 ) -> Result<(), FrameError> {
-    let header = serde_json::to_vec(header)?;
     let body_length = u32::try_from(body.len()).map_err(|_| FrameError::BodyTooLarge(u32::MAX))?;
-    let mut prefix = [0u8; 8];
-    prefix[..4].copy_from_slice(&(header.len() as u32).to_be_bytes());
-    prefix[4..].copy_from_slice(&body_length.to_be_bytes());
-    writer.write_all(&prefix).await?;
-    writer.write_all(&header).await?;
-    writer.write_all(body).await?;
+    let single_write = body.len() <= SINGLE_WRITE_BODY_BYTES;
+    let mut frame = Vec::with_capacity(512 + if single_write { body.len() } else { 0 });
+    frame.extend_from_slice(&[0; 8]);
+    serde_json::to_writer(&mut frame, header)?;
+    let header_length = (frame.len() - 8) as u32;
+    frame[..4].copy_from_slice(&header_length.to_be_bytes());
+    frame[4..8].copy_from_slice(&body_length.to_be_bytes());
+    if single_write {
+        frame.extend_from_slice(body);
+        writer.write_all(&frame).await?;
+    } else {
+        writer.write_all(&frame).await?;
+        writer.write_all(body).await?;
+    }
     writer.flush().await?;
     Ok(())
 }
@@ -133,5 +145,17 @@ mod tests {
         assert_eq!(read_body, body);
         drop(left);
         assert!(matches!(read_frame(&mut right).await, Err(FrameError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn frame_round_trip_keeps_large_body() {
+        let (mut left, mut right) = tokio::io::duplex(1024 * 1024);
+        let body: Vec<u8> = (0..SINGLE_WRITE_BODY_BYTES + 1).map(|index| index as u8).collect();
+        let header = InstanceHeader { id: 8, ok: true, has_payload: true, ..Default::default() };
+        let writer = tokio::spawn(async move { write_frame(&mut left, &header, &body).await.map(|_| body) });
+        let (read_header, read_body) = read_frame(&mut right).await.unwrap();
+        let body = writer.await.unwrap().unwrap();
+        assert_eq!(read_header.id, 8);
+        assert_eq!(read_body, body);
     }
 }
