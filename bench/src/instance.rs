@@ -31,16 +31,10 @@ impl ShimProcess {
     /// no bytecode files, unbuffered output, a cleared environment).
     pub fn start_python(python: &Path, shim: &Path, code_dir: &Path, entry: &str) -> anyhow::Result<ShimProcess> {
         let address = free_local_address()?;
-        let child = Command::new(python)
-            .arg("-u")
-            .arg(shim)
-            .current_dir(code_dir)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()))
-            .env("LANG", "C.UTF-8")
-            .env("HOME", "/tmp")
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .env("PYTHONUNBUFFERED", "1")
+        let mut command = Command::new(python);
+        command.arg("-u").arg(shim).current_dir(code_dir);
+        instance_environment(&mut command, PYTHON_TEMPLATE_ENV);
+        let child = command
             .env("KUBEFAAS_LISTEN", address.to_string())
             .env("KUBEFAAS_CODE_DIR", code_dir)
             .env("KUBEFAAS_ENTRY", entry)
@@ -59,6 +53,22 @@ impl Drop for ShimProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The environment variables of the server's python template.
+pub const PYTHON_TEMPLATE_ENV: &[(&str, &str)] = &[("PYTHONDONTWRITEBYTECODE", "1"), ("PYTHONUNBUFFERED", "1")];
+
+/// Gives a command the environment the server's local runtime gives an
+/// instance: only PATH, LANG and HOME from outside, then the template's
+/// variables. Variables such as NODE_EXTRA_CA_CERTS in a developer's shell
+/// would otherwise add to a baseline's start time.
+pub fn instance_environment(command: &mut Command, template_env: &[(&str, &str)]) {
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()))
+        .env("LANG", "C.UTF-8")
+        .env("HOME", "/tmp")
+        .envs(template_env.iter().copied());
 }
 
 /// Picks a free port on 127.0.0.1 by binding port 0 and releasing it.

@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use super::{ECHO_JS, ECHO_PY};
 use crate::http::Connection;
+use crate::instance::{PYTHON_TEMPLATE_ENV, instance_environment};
 use crate::plan::{Plan, Tools};
 use crate::report::{Cell, Row, Target, Unit};
 use crate::server::Server;
@@ -33,6 +34,8 @@ struct Language {
     interpreter: PathBuf,
     /// Arguments that make the interpreter start and exit at once.
     bare_arguments: &'static [&'static str],
+    /// The template's environment variables, which instances get too.
+    template_env: &'static [(&'static str, &'static str)],
     cold: PerRun,
     bare: PerRun,
 }
@@ -47,6 +50,7 @@ pub async fn run(tools: &Tools, plan: &Plan) -> anyhow::Result<Vec<Row>> {
         source: ECHO_PY,
         interpreter: tools.python.clone(),
         bare_arguments: &["-c", "pass"],
+        template_env: PYTHON_TEMPLATE_ENV,
         cold: PerRun::default(),
         bare: PerRun::default(),
     }];
@@ -58,6 +62,7 @@ pub async fn run(tools: &Tools, plan: &Plan) -> anyhow::Result<Vec<Row>> {
             source: ECHO_JS,
             interpreter: node.clone(),
             bare_arguments: &["-e", "0"],
+            template_env: &[],
             cold: PerRun::default(),
             bare: PerRun::default(),
         });
@@ -88,7 +93,7 @@ pub async fn run(tools: &Tools, plan: &Plan) -> anyhow::Result<Vec<Row>> {
         let bare_command = format!("{} {}", language.interpreter.display(), language.bare_arguments.join(" "));
         let mut row = Row::new(
             SECTION,
-            format!("{}: invoke with no instance until its reply; baseline `{bare_command}`", language.name),
+            format!("{}: invoke with no instance until its reply; baseline `{bare_command}` in the same environment", language.name),
             Cell::values(language.cold, Unit::Time),
             Cell::values(language.bare, Unit::Time),
         );
@@ -110,10 +115,13 @@ pub async fn run(tools: &Tools, plan: &Plan) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// Times a bare interpreter start in the environment an instance gets.
 fn time_bare_start(language: &Language) -> anyhow::Result<f64> {
+    let mut command = std::process::Command::new(&language.interpreter);
+    command.args(language.bare_arguments);
+    instance_environment(&mut command, language.template_env);
     let started = Instant::now();
-    let status = std::process::Command::new(&language.interpreter)
-        .args(language.bare_arguments)
+    let status = command
         .status()
         .with_context(|| format!("starting {}", language.interpreter.display()))?;
     let elapsed = started.elapsed().as_secs_f64();
