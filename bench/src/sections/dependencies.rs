@@ -52,6 +52,7 @@ fn pip_install(tools: &Tools, dir: &Path) -> Command {
     let mut command = Command::new(&tools.python);
     command
         .args(["-m", "pip", "install", "--quiet", "--no-input", "--disable-pip-version-check"])
+        .arg("--root-user-action=ignore")
         .arg("--target")
         .arg(dir.join("installed"))
         .arg("-r")
@@ -110,6 +111,9 @@ async fn probe(set: &DependencySet, connection: &mut Connection) -> anyhow::Resu
     Ok(Probe::Built { seconds })
 }
 
+// NOTE: this path runs only against a server that installs dependency
+// files, and no such server existed when it was written; only the package
+// manager's install (79 MB for numpy 1.26.4 on Python 3.11) has been run.
 async fn measure(
     tools: &Tools,
     plan: &Plan,
