@@ -16,6 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
+use crate::child::kill_with_harness;
+
 /// How long a shim may take to accept its connection and send `ready`.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -32,7 +34,7 @@ impl ShimProcess {
     pub fn start_python(python: &Path, shim: &Path, code_dir: &Path, entry: &str) -> anyhow::Result<ShimProcess> {
         let address = free_local_address()?;
         let mut command = Command::new(python);
-        command.arg("-u").arg(shim).current_dir(code_dir);
+        kill_with_harness(&mut command).arg("-u").arg(shim).current_dir(code_dir);
         instance_environment(&mut command, PYTHON_TEMPLATE_ENV);
         let child = command
             .env("KUBEFAAS_LISTEN", address.to_string())

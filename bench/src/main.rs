@@ -2,6 +2,7 @@
 //! run and prints one Markdown table. Progress goes to stderr, the table to
 //! stdout.
 
+mod child;
 mod http;
 mod instance;
 mod load;
@@ -14,12 +15,19 @@ mod stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
 
 use plan::{Plan, Tools};
 use report::Row;
+
+/// The time one section may take before it is abandoned, so a server that
+/// stops responding cannot keep the harness running. A full section takes
+/// under a minute on 2 cores, and the limits leave room for a busy machine.
+const FULL_SECTION_LIMIT: Duration = Duration::from_secs(20 * 60);
+const QUICK_SECTION_LIMIT: Duration = Duration::from_secs(5 * 60);
 
 #[derive(Parser)]
 #[command(about = "Measures kubefaas against its baselines and prints one Markdown table")]
@@ -114,7 +122,12 @@ async fn run(options: Options) -> anyhow::Result<ExitCode> {
     let mut failed = false;
     for section in selected {
         let started = std::time::Instant::now();
-        match section.run(&tools, &plan).await {
+        let limit = if options.quick { QUICK_SECTION_LIMIT } else { FULL_SECTION_LIMIT };
+        let result = match tokio::time::timeout(limit, section.run(&tools, &plan)).await {
+            Ok(result) => result,
+            Err(_) => Err(anyhow::anyhow!("the section did not finish within {limit:?}")),
+        };
+        match result {
             Ok(section_rows) => rows.extend(section_rows),
             Err(error) => {
                 failed = true;

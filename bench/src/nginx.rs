@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use crate::child::kill_with_harness;
 use crate::instance::free_local_address;
 
 /// The stream module's path as Debian's libnginx-mod-stream installs it.
@@ -66,7 +67,7 @@ impl Nginx {
         );
         let config_path = prefix.join("nginx.conf");
         std::fs::write(&config_path, config).with_context(|| format!("writing {}", config_path.display()))?;
-        let child = Command::new(binary)
+        let child = kill_with_harness(&mut Command::new(binary))
             .arg("-p")
             .arg(prefix)
             .arg("-c")

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::child::kill_with_harness;
+
 /// How long a server may take to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -41,7 +43,7 @@ impl Server {
         let log_path = temp.path().join("server.log");
         let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
 
-        let mut child = Command::new(binary)
+        let mut child = kill_with_harness(&mut Command::new(binary))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
             .arg("--config")
