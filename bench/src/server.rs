@@ -74,6 +74,18 @@ impl Server {
         read_memory(self.pid())
     }
 
+    /// Counts the server's direct child processes: its instances, prewarmed
+    /// or serving a script, and any build step running.
+    pub fn child_count(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+        let pid = self.pid();
+        entries
+            .flatten()
+            .filter(|entry| entry.file_name().to_string_lossy().bytes().all(|byte| byte.is_ascii_digit()))
+            .filter(|entry| parent_pid(&entry.path()) == Some(pid))
+            .count()
+    }
+
     /// Returns the path of a template's shim as the server installed it, so
     /// a direct baseline runs exactly the file the server's instances run.
     pub fn shim_path(&self, template: &str, shim_file: &str) -> anyhow::Result<PathBuf> {
@@ -113,6 +125,15 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Reads the parent pid from a /proc/PID folder's stat file.
+fn parent_pid(process_dir: &Path) -> Option<u32> {
+    let stat = std::fs::read_to_string(process_dir.join("stat")).ok()?;
+    // The command name in parentheses may contain spaces, so the fields
+    // are counted from the last closing parenthesis.
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    after_name.split(' ').nth(1)?.parse().ok()
 }
 
 /// Reads VmRSS and VmHWM of a process.

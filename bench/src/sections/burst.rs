@@ -71,7 +71,7 @@ pub async fn run(tools: &Tools, plan: &Plan) -> anyhow::Result<Vec<Row>> {
         row("failed calls", &cold.errors, &warm.errors, Unit::Count),
         Row::new(
             SECTION,
-            "instances started by the cold burst (default max_instances_per_script = 4)",
+            "instances started by the cold burst (default settings: at most 4, one of them may be the prewarmed instance)",
             Cell::values(instances, Unit::Count),
             Cell::Empty,
         ),
