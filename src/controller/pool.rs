@@ -3,11 +3,19 @@
 //! instance with no call for the idle window is stopped (scale to zero).
 //! Instances are picked and removed under one lock, so an instance being
 //! stopped for idleness is never handed to a new call.
+//!
+//! Waiting callers queue in arrival order. A call slot that is released, or
+//! that a newly started instance brings, is handed straight to the oldest
+//! queued caller of the same pool key, and a caller that arrives while
+//! others of its key are queued joins the back of the queue. So a busy
+//! script serves its callers first come, first served, and each release
+//! wakes one caller rather than all of them.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 
 use super::budget::{MemoryBudget, MemoryReservation};
 use crate::error::{ApiError, ErrorKind};
@@ -24,6 +32,14 @@ struct Slot {
     _memory: MemoryReservation,
 }
 
+/// A caller waiting for a call slot, in the pool's queue.
+struct QueuedCaller {
+    id: u64,
+    key: String,
+    /// Receives an instance whose call slot is already counted as in use.
+    handoff: oneshot::Sender<Arc<dyn Instance>>,
+}
+
 #[derive(Default)]
 struct PoolState {
     slots: Vec<Slot>,
@@ -31,6 +47,10 @@ struct PoolState {
     starting: usize,
     /// Callers waiting for a free instance.
     waiting: usize,
+    /// The waiting callers, oldest first. Entries of callers that gave up
+    /// stay until they are skipped or pruned.
+    queue: VecDeque<QueuedCaller>,
+    next_caller_id: u64,
     /// Counts failed starts, so each waiter can tell whether a start that
     /// failed while it waited was meant for it.
     failed_starts: u64,
@@ -75,7 +95,8 @@ impl Pool {
     }
 
     /// Returns an instance of `spec.pool_key()` with a free call slot, starting
-    /// one if none is free and the limit allows. Waits until `deadline`.
+    /// one if none is free and the limit allows. Waits in the queue until
+    /// `deadline`.
     pub async fn acquire(
         self: &Arc<Self>,
         runtime: &Arc<dyn Runtime>,
@@ -88,6 +109,7 @@ impl Pool {
         let key = spec.pool_key();
         let mut failures_seen = None;
         let mut counted_as_waiting = false;
+        let mut queued: Option<QueuedHandoff> = None;
         let result = loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -99,12 +121,22 @@ impl Pool {
                 }
                 state.current_key = key.clone();
                 state.slots.retain(|slot| slot.instance.is_alive() || slot.in_flight > 0);
+                state.queue.retain(|caller| !caller.handoff.is_closed());
                 let failures = *failures_seen.get_or_insert(state.failed_starts);
                 if state.failed_starts > failures {
                     break Err(state.last_start_error.clone().unwrap_or_else(|| {
                         ApiError::new(ErrorKind::Crashed, "the instance failed to start")
                     }));
                 }
+                // A free slot goes to this caller only if no earlier caller
+                // of the same key is queued. Handoffs normally serve queued
+                // callers, so this matters only for a slot freed without one.
+                let own_id = queued.as_ref().map(|handoff| handoff.id);
+                let first_in_line = state
+                    .queue
+                    .iter()
+                    .find(|caller| caller.key == key)
+                    .is_none_or(|caller| Some(caller.id) == own_id);
                 let free = state
                     .slots
                     .iter_mut()
@@ -112,9 +144,12 @@ impl Pool {
                         slot.key == key && slot.instance.is_alive() && slot.in_flight < limits.concurrency
                     })
                     .min_by_key(|slot| slot.in_flight);
-                if let Some(slot) = free {
+                if let (true, Some(slot)) = (first_in_line, free) {
                     slot.in_flight += 1;
                     let instance = slot.instance.clone();
+                    if let Some(id) = own_id {
+                        state.queue.retain(|caller| caller.id != id);
+                    }
                     break Ok(Lease { pool: self.clone(), instance });
                 }
                 if !counted_as_waiting {
@@ -128,13 +163,20 @@ impl Pool {
                     state.waiting += 1;
                     counted_as_waiting = true;
                 }
+                if queued.is_none() {
+                    let (sender, receiver) = oneshot::channel();
+                    let id = state.next_caller_id;
+                    state.next_caller_id += 1;
+                    state.queue.push_back(QueuedCaller { id, key: key.clone(), handoff: sender });
+                    queued = Some(QueuedHandoff { id, receiver, pool: self.clone() });
+                }
                 let running = state.slots.iter().filter(|slot| slot.key == key).count();
                 let capacity_coming = state.starting * limits.concurrency;
                 if running + state.starting < limits.max_instances && capacity_coming < state.waiting {
                     match budget.try_reserve(spec.limits.memory_bytes) {
                         Some(memory) => {
                             state.starting += 1;
-                            self.start_instance(runtime.clone(), spec.clone(), memory);
+                            self.start_instance(runtime.clone(), spec.clone(), memory, limits.concurrency);
                         }
                         None if running + state.starting == 0 => {
                             break Err(overloaded(format!(
@@ -147,12 +189,24 @@ impl Pool {
                     }
                 }
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                break Err(ApiError::new(
-                    ErrorKind::Timeout,
-                    format!("no instance became free within the call timeout of {} s", timeout.as_secs_f64()),
-                )
-                .with("timeout_seconds", timeout.as_secs_f64()));
+            let handoff = queued.as_mut().expect("a waiting caller is queued");
+            tokio::select! {
+                biased;
+                received = &mut handoff.receiver => match received {
+                    Ok(instance) => break Ok(Lease { pool: self.clone(), instance }),
+                    // The pool dropped the queue entry, as it does when the
+                    // script is deleted. The next pass reports that, or
+                    // queues this caller again.
+                    Err(_) => queued = None,
+                },
+                () = notified.as_mut() => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    break Err(ApiError::new(
+                        ErrorKind::Timeout,
+                        format!("no instance became free within the call timeout of {} s", timeout.as_secs_f64()),
+                    )
+                    .with("timeout_seconds", timeout.as_secs_f64()));
+                }
             }
         };
         if counted_as_waiting {
@@ -162,8 +216,15 @@ impl Pool {
     }
 
     /// Starts an instance in its own task, so it finishes and serves the
-    /// queue even if the caller that asked for it gives up.
-    fn start_instance(self: &Arc<Self>, runtime: Arc<dyn Runtime>, spec: InstanceSpec, memory: MemoryReservation) {
+    /// queue even if the caller that asked for it gives up. Its `concurrency`
+    /// call slots go to the oldest queued callers of its pool key.
+    fn start_instance(
+        self: &Arc<Self>,
+        runtime: Arc<dyn Runtime>,
+        spec: InstanceSpec,
+        memory: MemoryReservation,
+        concurrency: usize,
+    ) {
         let pool = self.clone();
         tokio::spawn(async move {
             let started = Instant::now();
@@ -181,10 +242,15 @@ impl Pool {
                             start_ms = started.elapsed().as_millis() as u64,
                             "instance started"
                         );
+                        let key = spec.pool_key();
+                        let mut in_flight = 0;
+                        while in_flight < concurrency && state.hand_over(&key, &instance) {
+                            in_flight += 1;
+                        }
                         state.slots.push(Slot {
                             instance,
-                            key: spec.pool_key(),
-                            in_flight: 0,
+                            key,
+                            in_flight,
                             last_used: Instant::now(),
                             _memory: memory,
                         });
@@ -234,7 +300,11 @@ impl Pool {
     /// Marks the pool closed (its script was deleted) and stops the
     /// instances that have no call; the others stop as their calls end.
     pub async fn close(&self) {
-        self.lock().closed = true;
+        {
+            let mut state = self.lock();
+            state.closed = true;
+            state.queue.clear();
+        }
         self.changed.notify_waiters();
         self.stop_idle(Duration::ZERO).await;
     }
@@ -250,18 +320,64 @@ impl Pool {
         self.lock().waiting
     }
 
+    /// Gives a call slot back: hands it to the oldest queued caller of its
+    /// pool key, or marks it free. Returns the instance if it must stop.
     fn release(&self, instance: &Arc<dyn Instance>) -> Option<Arc<dyn Instance>> {
         let mut state = self.lock();
         let closed = state.closed;
         let position = state.slots.iter().position(|slot| Arc::ptr_eq(&slot.instance, instance))?;
+        state.slots[position].last_used = Instant::now();
+        if instance.is_alive() && !closed {
+            let key = state.slots[position].key.clone();
+            if state.hand_over(&key, instance) {
+                return None;
+            }
+        }
         let slot = &mut state.slots[position];
         slot.in_flight -= 1;
-        slot.last_used = Instant::now();
         let remove = !slot.instance.is_alive() || (closed && slot.in_flight == 0);
         let removed = remove.then(|| state.slots.remove(position).instance);
+        // Queued callers of another pool key, or callers that may now start
+        // an instance in place of a removed one, check the pool again.
+        let others_waiting = !state.queue.is_empty();
         drop(state);
-        self.changed.notify_waiters();
+        if removed.is_some() || others_waiting {
+            self.changed.notify_waiters();
+        }
         removed
+    }
+}
+
+impl PoolState {
+    /// Sends `instance` to the oldest queued caller of `key` that is still
+    /// waiting, removing the entries it passes. Returns whether a caller took
+    /// it; the call slot then stays counted as in use.
+    fn hand_over(&mut self, key: &str, instance: &Arc<dyn Instance>) -> bool {
+        while let Some(index) = self.queue.iter().position(|caller| caller.key == key) {
+            let caller = self.queue.remove(index).expect("the index was just found");
+            if caller.handoff.send(instance.clone()).is_ok() {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// The receiving end of a queued caller's handoff. If the caller stops
+/// waiting after a slot was sent but before it read it, dropping this gives
+/// the slot back, so it is never lost.
+struct QueuedHandoff {
+    id: u64,
+    receiver: oneshot::Receiver<Arc<dyn Instance>>,
+    pool: Arc<Pool>,
+}
+
+impl Drop for QueuedHandoff {
+    fn drop(&mut self) {
+        self.receiver.close();
+        if let Ok(instance) = self.receiver.try_recv() {
+            drop(Lease { pool: self.pool.clone(), instance });
+        }
     }
 }
 
@@ -276,5 +392,165 @@ impl Drop for Lease {
         if let Some(instance) = self.pool.release(&self.instance) {
             tokio::spawn(async move { instance.stop().await });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use futures::future::BoxFuture;
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::runtime::logs::LogBuffer;
+    use crate::runtime::{CallData, CallReply, ResourceLimits};
+
+    struct FakeInstance {
+        id: u64,
+        alive: AtomicBool,
+    }
+
+    impl Instance for FakeInstance {
+        fn id(&self) -> u64 {
+            self.id
+        }
+
+        fn call<'a>(&'a self, _data: &'a CallData) -> BoxFuture<'a, Result<CallReply, ApiError>> {
+            Box::pin(async { Ok(CallReply::default()) })
+        }
+
+        fn is_alive(&self) -> bool {
+            self.alive.load(Ordering::Acquire)
+        }
+
+        fn stop(&self) -> BoxFuture<'_, ()> {
+            self.alive.store(false, Ordering::Release);
+            Box::pin(async {})
+        }
+    }
+
+    #[derive(Default)]
+    struct FakeRuntime {
+        started: AtomicU64,
+    }
+
+    impl Runtime for FakeRuntime {
+        fn start(&self, _spec: InstanceSpec) -> BoxFuture<'_, Result<Arc<dyn Instance>, ApiError>> {
+            let id = self.started.fetch_add(1, Ordering::Relaxed) + 1;
+            Box::pin(async move { Ok(Arc::new(FakeInstance { id, alive: AtomicBool::new(true) }) as Arc<dyn Instance>) })
+        }
+    }
+
+    const ONE_SLOT: PoolLimits = PoolLimits { max_instances: 1, concurrency: 1, max_waiting: 100 };
+
+    fn spec() -> InstanceSpec {
+        InstanceSpec {
+            script: "fake".into(),
+            version: 1,
+            build_key: "key-1".into(),
+            interpreter: "/bin/false".into(),
+            program: None,
+            interpreter_paths: Vec::new(),
+            args: Vec::new(),
+            shim: "/nonexistent/shim".into(),
+            env: Default::default(),
+            secrets: Default::default(),
+            code_dir: "/nonexistent".into(),
+            dependencies_dir: "/nonexistent".into(),
+            entry: "handler.py".into(),
+            concurrency: 1,
+            prewarm: None,
+            logs: Arc::new(LogBuffer::new(10)),
+            start_timeout: Duration::from_secs(5),
+            limits: ResourceLimits { memory_bytes: 1024, pids: 10, cpu_weight: 100 },
+            network: false,
+        }
+    }
+
+    fn new_pool() -> Arc<Pool> {
+        Pool::new("fake", Arc::new(Metrics::new()))
+    }
+
+    async fn acquire(pool: &Arc<Pool>, runtime: &Arc<dyn Runtime>, timeout: Duration) -> Result<Lease, ApiError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let budget = MemoryBudget::new(1024 * 1024);
+        pool.acquire(runtime, &budget, &spec(), ONE_SLOT, deadline, timeout).await
+    }
+
+    async fn wait_for_waiting(pool: &Pool, count: usize) {
+        for _ in 0..1000 {
+            if pool.lock().waiting == count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("the pool never had {count} waiting callers");
+    }
+
+    #[tokio::test]
+    async fn queued_callers_served_in_arrival_order() {
+        let pool = new_pool();
+        let runtime: Arc<dyn Runtime> = Arc::new(FakeRuntime::default());
+        let first = acquire(&pool, &runtime, Duration::from_secs(5)).await.unwrap();
+        let served = Arc::new(Mutex::new(Vec::new()));
+
+        let mut tasks = Vec::new();
+        for caller in 1..=3 {
+            let (task_pool, task_runtime, served) = (pool.clone(), runtime.clone(), served.clone());
+            tasks.push(tokio::spawn(async move {
+                let lease = acquire(&task_pool, &task_runtime, Duration::from_secs(5)).await.unwrap();
+                served.lock().unwrap().push(caller);
+                drop(lease);
+            }));
+            wait_for_waiting(&pool, caller).await;
+        }
+
+        // The released slot goes to caller 1, so a caller arriving now,
+        // while a slot is in use and two are queued, must wait its turn.
+        drop(first);
+        let latecomer = acquire(&pool, &runtime, Duration::from_secs(5)).await.unwrap();
+        served.lock().unwrap().push(4);
+        drop(latecomer);
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(*served.lock().unwrap(), vec![1, 2, 3, 4]);
+        assert_eq!(pool.instance_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn cancelled_waiter_does_not_keep_slot() {
+        let pool = new_pool();
+        let runtime: Arc<dyn Runtime> = Arc::new(FakeRuntime::default());
+        let first = acquire(&pool, &runtime, Duration::from_secs(5)).await.unwrap();
+
+        let waiter = {
+            let (task_pool, task_runtime) = (pool.clone(), runtime.clone());
+            tokio::spawn(async move { acquire(&task_pool, &task_runtime, Duration::from_secs(5)).await.map(drop) })
+        };
+        wait_for_waiting(&pool, 1).await;
+        // The slot is handed to the waiter, which is cancelled before it
+        // runs again to take it.
+        drop(first);
+        waiter.abort();
+        assert!(waiter.await.unwrap_err().is_cancelled());
+
+        let next = acquire(&pool, &runtime, Duration::from_secs(1)).await;
+        assert!(next.is_ok(), "the slot came back to the pool");
+    }
+
+    #[tokio::test]
+    async fn timed_out_waiter_leaves_queue() {
+        let pool = new_pool();
+        let runtime: Arc<dyn Runtime> = Arc::new(FakeRuntime::default());
+        let first = acquire(&pool, &runtime, Duration::from_secs(5)).await.unwrap();
+
+        let error = acquire(&pool, &runtime, Duration::from_millis(20)).await.err().expect("the slot stays in use");
+        assert_eq!(error.kind, ErrorKind::Timeout);
+        assert_eq!(pool.lock().waiting, 0);
+
+        drop(first);
+        assert!(acquire(&pool, &runtime, Duration::from_secs(1)).await.is_ok());
     }
 }
