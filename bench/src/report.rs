@@ -28,6 +28,17 @@ pub fn format_value(value: f64, unit: Unit) -> String {
     }
 }
 
+/// Formats a ratio with two decimals, or with two significant digits when
+/// it is below 0.1, so a tiny ratio does not show as 0.00.
+fn format_ratio(ratio: f64) -> String {
+    if ratio.abs() >= 0.1 || ratio == 0.0 {
+        format!("{ratio:.2}")
+    } else {
+        let decimals = (-ratio.abs().log10()).ceil() as usize + 1;
+        format!("{ratio:.decimals$}")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum Cell {
     Empty,
@@ -145,11 +156,11 @@ impl Row {
         let Some(ratios) = self.ratios() else {
             return String::new();
         };
-        let median = ratios.median();
+        let median = format_ratio(ratios.median());
         if ratios.runs() > 1 {
-            format!("{median:.2}× ({:.2} – {:.2})", ratios.min(), ratios.max())
+            format!("{median}× ({} – {})", format_ratio(ratios.min()), format_ratio(ratios.max()))
         } else {
-            format!("{median:.2}×")
+            format!("{median}×")
         }
     }
 
@@ -176,7 +187,7 @@ impl Row {
                 verdict(above <= limit, format!("{sign}{}", format_value(above.abs(), unit)))
             }
             (Some(Target::RatioAtMost(limit)), Some(_), Some(_)) => match self.ratios() {
-                Some(ratios) => verdict(ratios.median() <= limit, format!("{:.2}×", ratios.median())),
+                Some(ratios) => verdict(ratios.median() <= limit, format!("{}×", format_ratio(ratios.median()))),
                 None => String::new(),
             },
             (Some(Target::AtMost(limit)), Some(measured), _) => {
@@ -234,6 +245,15 @@ mod tests {
         assert_eq!(format_value(0.0123, Unit::Time), "12.30 ms");
         assert_eq!(format_value(2.5, Unit::Time), "2.50 s");
         assert_eq!(format_value(3.0 * 1024.0 * 1024.0, Unit::Bytes), "3.0 MiB");
+    }
+
+    #[test]
+    fn small_ratio_keeps_significant_digits() {
+        assert_eq!(format_ratio(2.5), "2.50");
+        assert_eq!(format_ratio(0.25), "0.25");
+        assert_eq!(format_ratio(0.05), "0.050");
+        assert_eq!(format_ratio(0.002), "0.0020");
+        assert_eq!(format_ratio(0.0), "0.00");
     }
 
     #[test]
