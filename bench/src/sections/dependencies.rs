@@ -111,9 +111,6 @@ async fn probe(set: &DependencySet, connection: &mut Connection) -> anyhow::Resu
     Ok(Probe::Built { seconds })
 }
 
-// NOTE: this path runs only against a server that installs dependency
-// files, and no such server existed when it was written; only the package
-// manager's install (79 MB for numpy 1.26.4 on Python 3.11) has been run.
 async fn measure(
     tools: &Tools,
     plan: &Plan,
