@@ -367,13 +367,7 @@ impl Builder {
                     std::fs::copy(&source, staging.join(file)).map_err(|error| format!("copying {file}: {error}"))?;
                 }
             }
-            for step in &spec.steps {
-                let command = input.template.step_command(step);
-                let line = format!("dependencies: $ {}", command.join(" "));
-                append_log(log_path, &format!("{line}\n"));
-                report(progress, line);
-                steps::run_step(&command, &staging, log_path, self.step_timeout).await?;
-            }
+            self.run_steps(input.template, &spec.steps, "dependencies", &staging, log_path, progress).await?;
             report(progress, "dependencies: storing the layer");
             self.store_layer(LayerKind::Dependencies, key, &staging).await
         }
@@ -407,13 +401,7 @@ impl Builder {
                 replace_links_with_copies(&staging).map_err(|error| format!("copying the code: {error}"))?;
                 std::fs::copy(&input.template.shim_path, staging.join(&input.template.spec.shim))
                     .map_err(|error| format!("copying the shim: {error}"))?;
-                for step in &code.steps {
-                    let command = input.template.step_command(step);
-                    let line = format!("code: $ {}", command.join(" "));
-                    append_log(log_path, &format!("{line}\n"));
-                    report(progress, line);
-                    steps::run_step(&command, &staging, log_path, self.step_timeout).await?;
-                }
+                self.run_steps(input.template, &code.steps, "code", &staging, log_path, progress).await?;
             }
             report(progress, "code: storing the layer");
             self.store_layer(LayerKind::Code, key, &staging).await
@@ -425,6 +413,27 @@ impl Builder {
         }
         append_log(log_path, &format!("code: layer {} stored\n", short(key)));
         Ok(self.layers_dir.join(LayerKind::Code.folder()).join(key))
+    }
+
+    /// Runs a template's build steps in `dir`, logging and reporting each
+    /// command under `layer` (such as "dependencies").
+    async fn run_steps(
+        &self,
+        template: &Template,
+        steps: &[Vec<String>],
+        layer: &str,
+        dir: &Path,
+        log_path: &Path,
+        progress: &Progress,
+    ) -> Result<(), String> {
+        for step in steps {
+            let command = template.step_command(step);
+            let line = format!("{layer}: $ {}", command.join(" "));
+            append_log(log_path, &format!("{line}\n"));
+            report(progress, line);
+            steps::run_step(&command, dir, log_path, self.step_timeout).await?;
+        }
+        Ok(())
     }
 
     /// Packs `staging` into the store, then moves it to its local place.
