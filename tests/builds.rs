@@ -58,8 +58,8 @@ fn deploy(server: &Server, dir: &Path, name: &str) -> (u16, serde_json::Value) {
     (status, response.json().unwrap())
 }
 
-/// A template whose dependency step appends a line to `counter`, so a test
-/// can count how often the step ran. It reuses the python shim.
+/// Writes a template whose dependency step appends a line to `counter`, so
+/// a test can count how often the step ran. It reuses the python shim.
 fn counting_templates(root: &Path, counter: &Path) -> PathBuf {
     let dir = root.join("templates/counting");
     std::fs::create_dir_all(&dir).unwrap();
@@ -122,7 +122,8 @@ def handle(data):
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(String::from_utf8_lossy(&output.stdout), "deployed table version 1 (template python)\n");
     let progress = String::from_utf8_lossy(&output.stderr);
-    assert!(progress.contains("s] dependencies: $ ") && progress.contains("pip install"), "plain progress lines: {progress}");
+    assert!(progress.contains("s] dependencies: $ "), "plain progress lines: {progress}");
+    assert!(progress.contains("pip install"), "plain progress lines: {progress}");
     let (status, body) = server.invoke("table", json!({"payload": "[{\"sku\": \"A-1\", \"qty\": 2}]"}));
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["payload"], "| sku   |   qty |\n|-------|-------|\n| A-1   |     2 |");
@@ -208,7 +209,8 @@ fn code_change_reuses_dependency_layer(store: StoreKind) {
     assert_eq!(step_runs(&counter), 1, "a code-only change reuses the dependency layer");
     assert_eq!(server.invoke("app", json!({})).1["payload"], "b:1");
     let log = server.cli_ok(&["logs", "app", "--build"]);
-    assert!(log.contains("dependencies: layer") && log.contains("reused"), "{log}");
+    assert!(log.contains("dependencies: layer"), "{log}");
+    assert!(log.contains("reused"), "{log}");
 
     // Another script with the same dependency file shares the layer.
     let other = script_folder(temp.path(), "other", &[("handler.py", &counting_handler("c:")), ("deps.txt", "1"), ("kubefaas.toml", "template = \"counting\"\n")]);
@@ -291,12 +293,14 @@ fn broken_dependency_file_fails_the_build(store: StoreKind) {
     assert_eq!(body["error"]["kind"], "build_failed");
 
     let log = server.cli_ok(&["logs", "broken-deps", "--build"]);
-    assert!(log.contains("$ ") && log.contains("pip install"), "the whole log has the step: {log}");
+    assert!(log.contains("$ "), "the whole log has the step: {log}");
+    assert!(log.contains("pip install"), "the whole log has the step: {log}");
 
     let output = server.cli(&["deploy", dir.to_str().unwrap()]);
     assert!(!output.status.success(), "deploy exits non-zero on a failed build");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("build_failed") && stderr.contains("No matching distribution"), "{stderr}");
+    assert!(stderr.contains("build_failed"), "{stderr}");
+    assert!(stderr.contains("No matching distribution"), "{stderr}");
 
     if let Some(s3) = &s3 {
         let keys = s3.keys();
@@ -315,7 +319,8 @@ fn broken_dependency_file_fails_the_build(store: StoreKind) {
     let output = server.cli(&["deploy", dir.to_str().unwrap(), "--name", "broken-deps"]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--- build log ---") && stderr.contains("pip install"), "the failed build's log: {stderr}");
+    assert!(stderr.contains("--- build log ---"), "the failed build's log: {stderr}");
+    assert!(stderr.contains("pip install"), "the failed build's log: {stderr}");
     assert!(stderr.contains("version 2 of broken-deps keeps serving"), "{stderr}");
 
     let leftovers: Vec<_> = std::fs::read_dir(server.data_dir.join("tmp")).unwrap().flatten().map(|entry| entry.path()).collect();

@@ -241,7 +241,8 @@ module.exports = async (data) => {
         let output = server.cli(&["invoke", name, "--data", "in"]);
         assert_eq!(String::from_utf8_lossy(&output.stdout), "result", "{name}: CLI prints only the payload");
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains("log: one") && stderr.contains("log: two"), "{name}: {stderr}");
+        assert!(stderr.contains("log: one"), "{name}: {stderr}");
+        assert!(stderr.contains("log: two"), "{name}: {stderr}");
 
         server.wait_until(Duration::from_secs(5), "the printed lines reach the logs", || {
             let logs = server.cli_ok(&["logs", name]);

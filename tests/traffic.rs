@@ -349,7 +349,8 @@ def handle(data):
     assert_eq!(calls[2]["outcome"], "ok");
     assert_eq!(calls[2]["logs"], json!(["handled d"]));
     let logs = server.cli_ok(&["logs", "recorded"]);
-    assert!(logs.contains(&ids[4]) && logs.contains("handled d"), "{logs}");
+    assert!(logs.contains(&ids[4]), "{logs}");
+    assert!(logs.contains("handled d"), "{logs}");
 
     let samples = metrics(&server);
     assert_eq!(samples["kubefaas_calls_total{outcome=ok,script=recorded}"], 4.0, "{samples:?}");
@@ -386,7 +387,8 @@ fn prewarmed_instances_take_cold_starts() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["payload"], "js b eu");
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("prewarmed instance took the script") && text.contains("script=warm-py"), "{text}");
+    assert!(text.contains("prewarmed instance took the script"), "{text}");
+    assert!(text.contains("script=warm-py"), "{text}");
     assert!(text.contains("script=warm-js"), "{text}");
 
     // A script that fails to load in a prewarmed instance fails as it would in a new one.
