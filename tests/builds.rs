@@ -291,6 +291,9 @@ fn broken_dependency_file_fails_the_build(store: StoreKind) {
     let (status, body) = server.invoke("broken-deps", json!({}));
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["kind"], "build_failed");
+    let listing = server.cli_ok(&["ls"]);
+    let row = listing.lines().find(|line| line.starts_with("broken-deps")).expect("the script is listed");
+    assert!(row.contains(" failed "), "ls shows the failed build: {row}");
 
     let log = server.cli_ok(&["logs", "broken-deps", "--build"]);
     assert!(log.contains("$ "), "the whole log has the step: {log}");

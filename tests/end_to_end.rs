@@ -279,6 +279,15 @@ fn bad_name_is_invalid_request() {
     }
     let long = "a".repeat(64);
     assert_eq!(server.deploy_file(&long, "handler.py", ECHO_PY).0, 400);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("handler.py");
+    std::fs::write(&file, ECHO_PY).unwrap();
+    let output = server.cli(&["deploy", file.to_str().unwrap(), "--name", "Bad Name"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("invalid script name \"Bad Name\""), "{stderr}");
+    assert!(!stderr.contains("uploading"), "rejected before the upload: {stderr}");
 }
 
 #[test]

@@ -69,11 +69,17 @@ async fn list_templates(State(controller): State<AppState>) -> impl IntoResponse
 }
 
 async fn list_scripts(State(controller): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let scripts: Vec<_> = controller
-        .scripts()?
-        .iter()
-        .map(|script| views::script_summary(script, controller.instance_count(&script.current.name)))
-        .collect();
+    let mut scripts = Vec::new();
+    for script in controller.scripts()? {
+        let mut summary = views::script_summary(&script, controller.instance_count(&script.current.name));
+        let build = controller.build_record(&script.current.build_key)?;
+        summary["build"] = match build {
+            Some(record) if record.succeeded => "succeeded".into(),
+            Some(_) => "failed".into(),
+            None => "not built".into(),
+        };
+        scripts.push(summary);
+    }
     Ok(axum::Json(json!({ "scripts": scripts })))
 }
 

@@ -29,6 +29,11 @@ pub fn deploy(
         Some(name) => name,
         None => default_name(path),
     };
+    // Checked here too, so an invalid name fails before a large upload.
+    if let Err(error) = crate::controller::validate_name(&name) {
+        eprintln!("error: {error}");
+        return Ok(ExitCode::FAILURE);
+    }
     let file_name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
     let started = Instant::now();
     let (content_type, query, file) = if metadata.is_dir() {
@@ -203,13 +208,14 @@ pub fn list(client: &Client) -> anyhow::Result<ExitCode> {
         Ok(response) => response,
         Err(error) => return report(error),
     };
-    println!("{:<32} {:>7} {:<10} {:>9}  UPDATED", "NAME", "VERSION", "TEMPLATE", "INSTANCES");
+    println!("{:<32} {:>7} {:<10} {:<10} {:>9}  UPDATED", "NAME", "VERSION", "TEMPLATE", "BUILD", "INSTANCES");
     for script in response["scripts"].as_array().into_iter().flatten() {
         println!(
-            "{:<32} {:>7} {:<10} {:>9}  {}",
+            "{:<32} {:>7} {:<10} {:<10} {:>9}  {}",
             script["name"].as_str().unwrap_or(""),
             script["version"].to_string(),
             script["template"].as_str().unwrap_or(""),
+            script["build"].as_str().unwrap_or(""),
             script["instances"].to_string(),
             format_time(&script["updated_at_ms"])
         );
