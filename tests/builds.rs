@@ -4,6 +4,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::{S3Server, Server, ServerBuilder};
 
@@ -32,6 +33,8 @@ fn with_s3(builder: ServerBuilder, s3: &S3Server) -> ServerBuilder {
     builder.config(&s3.config()).env("AWS_ACCESS_KEY_ID", "test").env("AWS_SECRET_ACCESS_KEY", "test")
 }
 use serde_json::json;
+
+const ECHO: &str = "def handle(data):\n    return data\n";
 
 /// Writes a folder with the given files and returns its path.
 fn script_folder(root: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
@@ -398,4 +401,63 @@ func handle(data *Data) error {
     assert_eq!(body["error"]["kind"], "build_failed");
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("syntax error"), "the compiler's message: {message}");
+}
+
+/// Returns whether any process on the machine runs `sleep` with `argument`.
+fn sleep_running(argument: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        cmdline == format!("sleep\0{argument}\0").into_bytes()
+    })
+}
+
+#[test]
+fn cancelled_build_leaves_nothing_behind() {
+    let temp = tempfile::tempdir().unwrap();
+    let template_dir = temp.path().join("templates/slow");
+    std::fs::create_dir_all(&template_dir).unwrap();
+    let shim = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/python/shim.py")).unwrap();
+    std::fs::write(template_dir.join("shim.py"), shim).unwrap();
+    let description = r#"name = "slow"
+version = "1"
+extensions = ["slow"]
+entry = "handler.py"
+shim = "shim.py"
+
+[interpreter]
+command = "python3"
+resolve = ["-c", "import sys; print(sys.executable)"]
+
+[dependencies]
+file = "deps.txt"
+steps = [["sh", "-c", "mkdir -p lib && echo partial > lib/partial.py && sleep 31.25"]]
+
+[run]
+args = ["-u", "{shim}"]
+"#;
+    std::fs::write(template_dir.join("template.toml"), description).unwrap();
+    let server = Server::builder().arg("--templates").arg(temp.path().join("templates").to_str().unwrap()).start();
+    let dir = script_folder(
+        temp.path(),
+        "app",
+        &[("handler.py", ECHO), ("deps.txt", "1"), ("kubefaas.toml", "template = \"slow\"\n")],
+    );
+
+    let mut archive = tar::Builder::new(Vec::new());
+    archive.append_dir_all(".", &dir).unwrap();
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    let sent = client
+        .put(format!("{}/v1/scripts/app", server.url))
+        .header("content-type", "application/x-tar")
+        .body(archive.into_inner().unwrap())
+        .send();
+    assert!(sent.is_err(), "the client gives up while the step runs");
+
+    server.wait_until(Duration::from_secs(10), "the cancelled build's folders are removed", || {
+        std::fs::read_dir(server.data_dir.join("tmp")).unwrap().next().is_none()
+    });
+    server.wait_until(Duration::from_secs(10), "the build step's processes are killed", || !sleep_running("31.25"));
+    let layers = std::fs::read_dir(server.data_dir.join("layers/dependencies")).map(|dir| dir.count()).unwrap_or(0);
+    assert_eq!(layers, 0, "no dependency layer from the cancelled build");
+    assert_eq!(server.request("GET", "/v1/scripts/app", None).0, 404, "no version was recorded");
 }

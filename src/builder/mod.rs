@@ -18,7 +18,6 @@ mod steps;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -133,8 +132,6 @@ fn hash_parts(parts: &[&str]) -> String {
     hex::encode(hasher.finalize())
 }
 
-static NEXT_STAGING_ID: AtomicU64 = AtomicU64::new(1);
-
 pub struct Builder {
     store: ArtifactStore,
     metadata: Arc<Store>,
@@ -175,9 +172,14 @@ impl Builder {
         self.locks.lock().expect("build locks poisoned").entry(name).or_default().clone()
     }
 
-    fn staging_path(&self, label: &str) -> PathBuf {
-        let id = NEXT_STAGING_ID.fetch_add(1, Ordering::Relaxed);
-        self.temp_dir.join(format!("{label}-{}-{id}", std::process::id()))
+    /// Creates a private folder under `tmp/` for one build step's files.
+    /// It is removed when dropped, also when a build fails or its request
+    /// is cancelled, so a layer is either renamed into place or gone.
+    fn staging_dir(&self, label: &str) -> Result<tempfile::TempDir, String> {
+        tempfile::Builder::new()
+            .prefix(&format!("{label}-"))
+            .tempdir_in(&self.temp_dir)
+            .map_err(|error| format!("creating a folder in {}: {error}", self.temp_dir.display()))
     }
 
     /// Returns the artifact for `input.key`, building what is missing. A
@@ -207,11 +209,12 @@ impl Builder {
 
         let started = Instant::now();
         let span = tracing::info_span!("build", build_key = %input.key, template = %input.template.spec.name);
-        let log_path = self.staging_path("build-log");
+        let log_dir = self.staging_dir("build-log").map_err(|message| ApiError::internal(anyhow::anyhow!(message)))?;
+        let log_path = log_dir.path().join("build.log");
         span.in_scope(|| tracing::info!("build started"));
         let result = self.build(input, &log_path, progress).instrument(span.clone()).await;
         let mut log = std::fs::read(&log_path).map(|bytes| String::from_utf8_lossy(&bytes).into_owned()).unwrap_or_default();
-        let _ = std::fs::remove_file(&log_path);
+        drop(log_dir);
         if let Err(message) = &result {
             log.push_str(message);
             log.push('\n');
@@ -271,29 +274,21 @@ impl Builder {
         if dir.is_dir() {
             return Ok(Some(dir));
         }
-        let tar_path = self.staging_path("layer-download");
-        let found = self.store.get_to_file(&layer_key(kind, key), &tar_path).await;
-        let result = match found {
-            Ok(true) => {
-                let staging = self.staging_path("layer-unpack");
-                let (tar, target) = (tar_path.clone(), dir.clone());
-                tokio::task::spawn_blocking(move || {
-                    layers::unpack(&tar, &staging)?;
-                    std::fs::create_dir_all(target.parent().expect("layer folder has a parent"))?;
-                    std::fs::rename(&staging, &target).inspect_err(|_| {
-                        let _ = std::fs::remove_dir_all(&staging);
-                    })
-                })
-                .await
-                .map_err(|error| ApiError::internal(anyhow::anyhow!("unpack task failed: {error}")))?
-                .map_err(|error| ApiError::internal(anyhow::anyhow!("unpacking layer {key}: {error}")))?;
-                Ok(Some(dir))
-            }
-            Ok(false) => Ok(None),
-            Err(error) => Err(ApiError::internal(error)),
-        };
-        let _ = std::fs::remove_file(&tar_path);
-        result
+        let work = self.staging_dir("layer-download").map_err(|message| ApiError::internal(anyhow::anyhow!(message)))?;
+        let tar_path = work.path().join("layer.tar");
+        if !self.store.get_to_file(&layer_key(kind, key), &tar_path).await.map_err(ApiError::internal)? {
+            return Ok(None);
+        }
+        let (staging, target) = (work.path().join("layer"), dir.clone());
+        tokio::task::spawn_blocking(move || {
+            layers::unpack(&tar_path, &staging)?;
+            std::fs::create_dir_all(target.parent().expect("layer folder has a parent"))?;
+            std::fs::rename(&staging, &target)
+        })
+        .await
+        .map_err(|error| ApiError::internal(anyhow::anyhow!("unpack task failed: {error}")))?
+        .map_err(|error| ApiError::internal(anyhow::anyhow!("unpacking layer {key}: {error}")))?;
+        Ok(Some(dir))
     }
 
     /// Builds the missing layers and writes the manifest. Returns a message
@@ -344,38 +339,29 @@ impl Builder {
         log_path: &Path,
         progress: &Progress,
     ) -> Result<PathBuf, String> {
-        let found = self.local_layer(LayerKind::Dependencies, key).await.map_err(|error| error.message)?;
-        if let Some(dir) = found {
-            append_log(log_path, &format!("dependencies: layer {} reused\n", short(key)));
-            report(progress, format!("dependencies: layer {} reused", short(key)));
-            return Ok(dir);
-        }
+        // One build of a layer at a time; a build that waited finds the
+        // layer the first one stored.
         let lock = self.lock_for(format!("build-layer/{key}"));
         let _guard = lock.lock().await;
         if let Some(dir) = self.local_layer(LayerKind::Dependencies, key).await.map_err(|error| error.message)? {
             append_log(log_path, &format!("dependencies: layer {} reused\n", short(key)));
+            report(progress, format!("dependencies: layer {} reused", short(key)));
             return Ok(dir);
         }
 
         let spec = input.template.spec.dependencies.as_ref().expect("a dependency key implies a spec");
-        let staging = self.staging_path("dependencies");
-        let result = async {
-            std::fs::create_dir_all(&staging).map_err(|error| format!("creating {}: {error}", staging.display()))?;
-            for file in std::iter::once(&spec.file).chain(&spec.lock_files) {
-                let source = input.source_dir.join(file);
-                if source.is_file() {
-                    std::fs::copy(&source, staging.join(file)).map_err(|error| format!("copying {file}: {error}"))?;
-                }
+        let work = self.staging_dir("dependencies")?;
+        let staging = work.path().join("layer");
+        std::fs::create_dir_all(&staging).map_err(|error| format!("creating {}: {error}", staging.display()))?;
+        for file in std::iter::once(&spec.file).chain(&spec.lock_files) {
+            let source = input.source_dir.join(file);
+            if source.is_file() {
+                std::fs::copy(&source, staging.join(file)).map_err(|error| format!("copying {file}: {error}"))?;
             }
-            self.run_steps(input.template, &spec.steps, "dependencies", &staging, log_path, progress).await?;
-            report(progress, "dependencies: storing the layer");
-            self.store_layer(LayerKind::Dependencies, key, &staging).await
         }
-        .await;
-        if let Err(message) = result {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(message);
-        }
+        self.run_steps(input.template, &spec.steps, "dependencies", &staging, log_path, progress).await?;
+        report(progress, "dependencies: storing the layer");
+        self.store_layer(LayerKind::Dependencies, key, &staging).await?;
         append_log(log_path, &format!("dependencies: layer {} built\n", short(key)));
         Ok(self.layers_dir.join(LayerKind::Dependencies.folder()).join(key))
     }
@@ -391,26 +377,19 @@ impl Builder {
             append_log(log_path, &format!("code: layer {} reused\n", short(key)));
             return Ok(dir);
         }
-        let staging = self.staging_path("code");
-        let result = async {
-            layers::copy_tree(input.source_dir, &staging).map_err(|error| format!("copying the code: {error}"))?;
-            if let Some(code) = &input.template.spec.code {
-                // The steps may write into the folder; hard links would
-                // let them change the stored source, so the shim is copied
-                // and the uploaded files are replaced by copies first.
-                replace_links_with_copies(&staging).map_err(|error| format!("copying the code: {error}"))?;
-                std::fs::copy(&input.template.shim_path, staging.join(&input.template.spec.shim))
-                    .map_err(|error| format!("copying the shim: {error}"))?;
-                self.run_steps(input.template, &code.steps, "code", &staging, log_path, progress).await?;
-            }
-            report(progress, "code: storing the layer");
-            self.store_layer(LayerKind::Code, key, &staging).await
+        let work = self.staging_dir("code")?;
+        let staging = work.path().join("layer");
+        layers::copy_tree(input.source_dir, &staging).map_err(|error| format!("copying the code: {error}"))?;
+        if let Some(code) = &input.template.spec.code {
+            // Build steps write into the folder. Hard-linked files would let
+            // them change the stored source, so the files become copies first.
+            replace_links_with_copies(&staging).map_err(|error| format!("copying the code: {error}"))?;
+            std::fs::copy(&input.template.shim_path, staging.join(&input.template.spec.shim))
+                .map_err(|error| format!("copying the shim: {error}"))?;
+            self.run_steps(input.template, &code.steps, "code", &staging, log_path, progress).await?;
         }
-        .await;
-        if let Err(message) = result {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(message);
-        }
+        report(progress, "code: storing the layer");
+        self.store_layer(LayerKind::Code, key, &staging).await?;
         append_log(log_path, &format!("code: layer {} stored\n", short(key)));
         Ok(self.layers_dir.join(LayerKind::Code.folder()).join(key))
     }
@@ -438,7 +417,8 @@ impl Builder {
 
     /// Packs `staging` into the store, then moves it to its local place.
     async fn store_layer(&self, kind: LayerKind, key: &str, staging: &Path) -> Result<(), String> {
-        let tar_path = self.staging_path("layer-pack");
+        let work = self.staging_dir("layer-pack")?;
+        let tar_path = work.path().join("layer.tar");
         let (folder, tar) = (staging.to_path_buf(), tar_path.clone());
         let packed = tokio::task::spawn_blocking(move || layers::pack(&folder, &tar))
             .await
@@ -452,17 +432,15 @@ impl Builder {
                 .map_err(|error: ArtifactStoreError| format!("storing the {} layer: {error}", kind.folder())),
             Err(message) => Err(message),
         };
-        let _ = std::fs::remove_file(&tar_path);
+        drop(work);
         stored?;
         let target = self.layers_dir.join(kind.folder()).join(key);
         std::fs::create_dir_all(target.parent().expect("layer folder has a parent"))
             .map_err(|error| format!("creating the layers folder: {error}"))?;
         match std::fs::rename(staging, &target) {
             Ok(()) => Ok(()),
-            Err(_) if target.is_dir() => {
-                let _ = std::fs::remove_dir_all(staging);
-                Ok(())
-            }
+            // Another build stored the same layer first, so its copy is used.
+            Err(_) if target.is_dir() => Ok(()),
             Err(error) => Err(format!("moving the {} layer into place: {error}", kind.folder())),
         }
     }

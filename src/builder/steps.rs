@@ -1,12 +1,14 @@
 //! Running one build step: a command whose stdout and stderr both go to the
-//! build log, in the order written, killed if it runs past the timeout.
+//! build log, in the order written. The step and every process it started
+//! are killed if it runs past the timeout or its build is cancelled.
 
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-/// Runs `command` in `dir` and appends its output to the file at `log_path`. Returns an
-/// error message for the log if it fails to start, fails, or times out.
+/// Runs `command` in `dir` and appends its output to the file at
+/// `log_path`. Returns an error message for the log if it fails to start,
+/// fails, or times out.
 pub async fn run_step(command: &[String], dir: &Path, log_path: &Path, timeout: Duration) -> Result<(), String> {
     let (program, args) = command.split_first().ok_or("empty build step in the template")?;
     let open_log = || {
@@ -26,20 +28,37 @@ pub async fn run_step(command: &[String], dir: &Path, log_path: &Path, timeout: 
         .process_group(0)
         .spawn()
         .map_err(|error| format!("starting {program:?} failed: {error}; is it installed on the server?"))?;
-    match tokio::time::timeout(timeout, child.wait()).await {
+    let mut group = ProcessGroup(child.id().map(|pid| pid as i32));
+    let waited = tokio::time::timeout(timeout, child.wait()).await;
+    if waited.is_ok() {
+        // Reaped: the group id may be reused, so it is not signalled.
+        group.0 = None;
+    }
+    match waited {
         Ok(Ok(status)) if status.success() => Ok(()),
         Ok(Ok(status)) => Err(format!("{program} failed: {status}")),
         Ok(Err(error)) => Err(format!("waiting for {program} failed: {error}")),
         Err(_) => {
-            if let Some(pid) = child.id() {
-                // SAFETY: kill has no memory-safety preconditions; the step
-                // runs in its own process group (process_group(0) above).
-                unsafe {
-                    libc::kill(-(pid as i32), libc::SIGKILL);
-                }
-            }
+            drop(group);
             let _ = child.kill().await;
             Err(format!("{program} did not finish within the build step timeout of {} s", timeout.as_secs()))
+        }
+    }
+}
+
+/// The process group of a running step, killed when dropped: on timeout,
+/// and when the build's future is dropped because its request was cancelled.
+struct ProcessGroup(Option<i32>);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: kill has no memory-safety preconditions. The step runs
+            // in its own process group (process_group(0)) whose id is its
+            // pid, and the step has not been reaped, so the id is still its.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
         }
     }
 }

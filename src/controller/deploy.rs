@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Deserialize;
 
@@ -56,12 +55,10 @@ pub struct Deployed {
     pub build: Option<BuildRecord>,
 }
 
-static NEXT_UPLOAD_ID: AtomicU64 = AtomicU64::new(1);
-
 impl Controller {
     /// Deploys an upload as the script's new current version. A version
-    /// whose build fails stays current, so invoking it gives `build_failed`
-    /// until a fixed version is deployed.
+    /// whose build fails becomes current only for a new script, so that
+    /// invoking it gives `build_failed`; an existing script keeps serving.
     pub async fn deploy(&self, request: DeployRequest, progress: Progress) -> Result<Deployed, ApiError> {
         validate_name(&request.name)?;
         for name in request.secrets.keys() {
@@ -71,15 +68,11 @@ impl Controller {
         if request.content_length.is_some_and(|length| length > max_bytes) {
             return Err(too_large_script(max_bytes));
         }
-        let upload_id = NEXT_UPLOAD_ID.fetch_add(1, Ordering::Relaxed);
-        let work_dir = self.paths.temp().join(format!("upload-{}-{upload_id}", std::process::id()));
-        std::fs::create_dir_all(&work_dir)
-            .map_err(|error| ApiError::internal(anyhow::anyhow!("creating {}: {error}", work_dir.display())))?;
-        let result = self.deploy_in(&work_dir, request, &progress).await;
-        if let Err(error) = std::fs::remove_dir_all(&work_dir) {
-            tracing::warn!(dir = %work_dir.display(), %error, "removing upload folder failed");
-        }
-        result
+        // Removed when dropped, also when the request is cancelled.
+        let work_dir = tempfile::Builder::new().prefix("upload-").tempdir_in(self.paths.temp()).map_err(|error| {
+            ApiError::internal(anyhow::anyhow!("creating an upload folder in {}: {error}", self.paths.temp().display()))
+        })?;
+        self.deploy_in(work_dir.path(), request, &progress).await
     }
 
     async fn deploy_in(&self, work_dir: &Path, request: DeployRequest, progress: &Progress) -> Result<Deployed, ApiError> {
