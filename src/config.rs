@@ -47,7 +47,7 @@ pub struct Config {
     pub retention_days: f64,
     /// The time one dependency build step (pip, npm) may take.
     pub build_step_timeout_seconds: f64,
-    /// Where layers and artifact manifests are stored.
+    /// The store for layers and artifact manifests.
     pub artifact_store: ArtifactStoreConfig,
     /// Memory per instance, in MiB, for scripts whose kubefaas.toml sets none.
     pub instance_memory_mib: u64,

@@ -82,7 +82,8 @@ fn sandbox_hides_host_and_other_scripts() {
         server.data_dir.join("layers/code").join(deployed["source_hash"].as_str().unwrap()).join("handler.py");
     let neighbour_source =
         server.data_dir.join("sources").join(deployed["source_hash"].as_str().unwrap()).join("handler.py");
-    assert!(neighbour_code.is_file() && neighbour_source.is_file(), "the neighbour's files exist on the host");
+    assert!(neighbour_code.is_file(), "the neighbour's code layer exists on the host");
+    assert!(neighbour_source.is_file(), "the neighbour's source exists on the host");
     assert_eq!(server.deploy_file("snoop", "handler.py", SNOOP_PY).0, 201);
 
     let tmp_name = format!("kubefaas-test-note-{}", std::process::id());

@@ -37,8 +37,8 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(crate::error::ErrorKind::NotFound, "no such API route") })
         .method_not_allowed_fallback(|method: axum::http::Method| async move {
-            // The route exists, so this is an invalid request, answered with
-            // the status HTTP has for it.
+            // The route exists, so this is an invalid request, returned with
+            // the status HTTP defines for it.
             let error = ApiError::invalid(format!("method {method} is not allowed on this route"));
             (StatusCode::METHOD_NOT_ALLOWED, axum::Json(error.body()))
         })

@@ -575,8 +575,8 @@ fn build_failed(log: &str) -> ApiError {
     let tail = tail_of(log, LOG_TAIL_BYTES);
     let mut lines = tail.lines().rev().map(str::trim).filter(|line| !line.is_empty());
     let last = lines.clone().next().unwrap_or("no output");
-    // npm prints its error code first and the path of its own log last;
-    // the lines in between say what failed.
+    // npm prints its error code first and the path of its own log last,
+    // and the lines in between describe what failed.
     let npm_reason = tail.lines().map(str::trim).find(|line| {
         (line.starts_with("npm error") || line.starts_with("npm ERR!"))
             && !line.contains(" code ")

@@ -119,7 +119,7 @@ impl Controller {
 
         // Built before it is recorded: a version whose build fails does not
         // replace a working one. A new script is recorded anyway, so that
-        // invoking it answers build_failed.
+        // invoking it returns build_failed.
         let built = self.builder_ensure(&candidate, template, &source_dir, progress).await;
         let previous = self.store.script(&request.name)?;
         if let (Err(error), Some(previous)) = (&built, &previous) {

@@ -28,7 +28,7 @@ pub use deploy::{DeployRequest, Deployed};
 /// The CPU weight of an instance whose script sets none (the cgroup v2 default).
 pub const DEFAULT_CPU_WEIGHT: u64 = 100;
 
-/// Where the server keeps its files, all under one data dir.
+/// The server's file layout, all under one data dir.
 #[derive(Debug, Clone)]
 pub struct DataPaths {
     pub root: PathBuf,
@@ -45,7 +45,7 @@ impl DataPaths {
     pub fn layers(&self) -> PathBuf {
         self.root.join("layers")
     }
-    /// The default artifact store: layer tars and artifact manifests.
+    /// Returns the default artifact store folder: layer tars and manifests.
     pub fn artifact_store(&self) -> PathBuf {
         self.root.join("store")
     }
@@ -118,7 +118,7 @@ impl Controller {
         Ok(self.store.build(key)?)
     }
 
-    /// The number of instances a script has, running or starting.
+    /// Counts a script's instances, running or starting.
     pub fn instance_count(&self, name: &str) -> usize {
         self.pools.lock().expect("pools poisoned").get(name).map_or(0, |pool| pool.instance_count())
     }

@@ -58,7 +58,7 @@ impl LogBuffer {
     }
 }
 
-/// Where an instance's output goes: the script's buffer, with the script's
+/// The destination of an instance's output: the script's buffer, with the script's
 /// secrets masked. A prewarmed instance gets its script's target when it is
 /// handed a script, so the target can change while the instance runs.
 #[derive(Clone)]

@@ -29,8 +29,8 @@ pub struct InstanceSpec {
     pub version: u64,
     pub build_key: String,
     pub interpreter: PathBuf,
-    /// The program to start instead of the interpreter; `{code}` stands for
-    /// the code folder as the instance sees it.
+    /// The program to start instead of the interpreter; `{code}` is replaced
+    /// with the path of the code folder inside the instance.
     pub program: Option<String>,
     /// Folders the interpreter reads at run time (its installation prefix),
     /// which the instance may read.
@@ -47,7 +47,7 @@ pub struct InstanceSpec {
     pub secrets: Secrets,
     pub code_dir: PathBuf,
     /// The dependency layer's folder, or an empty folder. `{dependencies}`
-    /// in `env` is replaced with where the instance sees it.
+    /// in `env` is replaced with its path inside the instance.
     pub dependencies_dir: PathBuf,
     pub entry: String,
     /// Calls the instance is sent at once.
@@ -95,7 +95,7 @@ pub struct CallData {
     pub http: Option<Value>,
 }
 
-/// What the script returned. Fields it left out are `None` and go back to
+/// The data object the script returned. Fields it left out are `None` and go back to
 /// the caller as they were sent.
 #[derive(Debug, Clone, Default)]
 pub struct CallReply {

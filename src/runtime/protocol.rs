@@ -55,7 +55,7 @@ pub struct ScriptFailure {
     #[serde(rename = "type")]
     pub error_type: String,
     pub message: String,
-    /// Where it was raised, as the language prints it.
+    /// The stack trace, as the language prints it.
     pub traceback: Option<String>,
 }
 

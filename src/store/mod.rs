@@ -258,7 +258,7 @@ impl Store {
         Ok(())
     }
 
-    /// The keys last used before `cutoff_ms`.
+    /// Lists the keys last used before `cutoff_ms`.
     pub fn uses_before(&self, cutoff_ms: u64) -> Result<Vec<String>, StoreError> {
         let txn = self.db.begin_read()?;
         let uses = txn.open_table(USES)?;

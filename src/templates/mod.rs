@@ -70,7 +70,7 @@ pub struct TemplateSpec {
     pub prewarm: bool,
 }
 
-/// How the dependency layer is built. The layer's key is a hash of the
+/// The build of the dependency layer. The layer's key is a hash of the
 /// template and the bytes of `file` and `lock_files`, so scripts with the
 /// same dependency files share one layer.
 #[derive(Debug, Clone, Deserialize)]
@@ -81,7 +81,7 @@ pub struct DependencySpec {
     /// Files that pin versions, used when present.
     #[serde(default)]
     pub lock_files: Vec<String>,
-    /// Commands run in order inside the empty layer folder, which holds
+    /// Commands run in order inside the empty layer folder, which contains
     /// copies of the dependency files. `{interpreter}` becomes the resolved
     /// interpreter.
     pub steps: Vec<Vec<String>>,
@@ -99,11 +99,11 @@ pub struct InterpreterSpec {
     pub resolve: Vec<String>,
 }
 
-/// How the code layer is built when uploaded files are not run as they are.
+/// The build of the code layer, for uploaded files that are not run as they are.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CodeSpec {
-    /// Commands run in order inside the code layer folder, which holds the
+    /// Commands run in order inside the code layer folder, which contains the
     /// uploaded files and a copy of the shim. `{interpreter}` becomes the
     /// resolved interpreter (the compiler, for a compiled language).
     pub steps: Vec<Vec<String>>,
@@ -138,7 +138,7 @@ pub struct Template {
 }
 
 impl Template {
-    /// A dependency step with `{interpreter}` replaced.
+    /// Replaces `{interpreter}` in a build step with the resolved interpreter.
     pub fn step_command(&self, step: &[String]) -> Vec<String> {
         let interpreter = self.interpreter.to_string_lossy();
         step.iter().map(|part| part.replace("{interpreter}", &interpreter)).collect()

@@ -15,7 +15,7 @@ use crate::error::{ApiError, ErrorKind};
 
 pub use unpack::ArchiveFormat;
 
-/// What the request body is: one file with its name, or an archive.
+/// The kind of request body: one file with its name, or an archive.
 #[derive(Debug, Clone)]
 pub enum UploadKind {
     File { file_name: String },

@@ -26,7 +26,7 @@ type Data struct {
 	Logs      []string
 	// HTTP is set for a raw HTTP call: method, path, query, headers.
 	HTTP map[string]any
-	// Response is what a raw HTTP call answers: "status" and "headers".
+	// Response is the reply to a raw HTTP call: "status" and "headers".
 	Response map[string]any
 }
 

@@ -133,7 +133,7 @@ def receive_script(stream):
     """Wait for the script of a prewarmed instance and write its files.
 
     The controller sends one frame: `load` has the entry, the environment
-    and the file list, and the body holds the files' bytes in that order.
+    and the file list, and the body contains the files' bytes in that order.
     """
     header, body = read_frame(stream)
     if header is None:

@@ -28,7 +28,7 @@ pub struct ServerBuilder {
     data_dir: Option<PathBuf>,
     config: Option<String>,
     stderr: Option<PathBuf>,
-    /// `--prewarm`: 0 unless a test asks, so that tests counting processes
+    /// `--prewarm`: 0 unless a test sets it, so that tests counting processes
     /// and cgroups see only the instances of their scripts.
     prewarm: Option<usize>,
 }
@@ -341,7 +341,7 @@ pub fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
     archive.into_inner().expect("finishing the archive")
 }
 
-/// The processes whose parent is `pid`.
+/// Lists the processes whose parent is `pid`.
 pub fn child_pids(pid: u32) -> Vec<u32> {
     let mut children = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("reading /proc").flatten() {
@@ -402,7 +402,7 @@ impl S3Server {
         server
     }
 
-    /// The server config that points kubefaas at this bucket.
+    /// Returns the server config that points kubefaas at this bucket.
     pub fn config(&self) -> String {
         format!(
             "[artifact_store]\nkind = \"s3\"\nbucket = \"{}\"\nendpoint = \"{}\"\n",
