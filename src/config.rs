@@ -63,6 +63,10 @@ pub struct Config {
     /// Runs instances without memory, PID and CPU limits when no usable
     /// cgroup hierarchy is found, instead of refusing to start.
     pub allow_no_cgroups: bool,
+    /// Threads that serve HTTP and talk to instances; by default half of the
+    /// CPUs, at least one, so the scripts keep the other half. Builds and
+    /// unpacking run on their own threads.
+    pub server_threads: Option<usize>,
 }
 
 impl Default for Config {
@@ -88,6 +92,7 @@ impl Default for Config {
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             cgroup_parent: None,
             allow_no_cgroups: false,
+            server_threads: None,
         }
     }
 }
@@ -121,7 +126,16 @@ impl Config {
             self.max_instance_memory_mib
         );
         anyhow::ensure!(self.max_pids_per_instance >= 8, "max_pids_per_instance must be at least 8");
+        anyhow::ensure!(self.server_threads != Some(0), "server_threads must be at least 1");
         Ok(())
+    }
+
+    /// The number of server threads: the setting, or half of the CPUs.
+    pub fn server_threads(&self) -> usize {
+        self.server_threads.unwrap_or_else(|| {
+            let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+            (cpus / 2).max(1)
+        })
     }
 
     pub fn idle_timeout(&self) -> Duration {

@@ -37,11 +37,19 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    runtime.block_on(run(options))
+    let config = load_config(&options)?;
+    // Fewer threads mean fewer hand-offs between them on each call; see
+    // `Config::server_threads`.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.server_threads())
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(options, config))
 }
 
-async fn run(options: ServeOptions) -> anyhow::Result<()> {
+/// Reads the config file and applies the command-line options over it.
+fn load_config(options: &ServeOptions) -> anyhow::Result<Config> {
     let mut config = Config::load(options.config.as_deref())?;
     if let Some(seconds) = options.idle_timeout_seconds {
         config.idle_timeout_seconds = seconds;
@@ -52,11 +60,15 @@ async fn run(options: ServeOptions) -> anyhow::Result<()> {
     if let Some(seconds) = options.call_timeout_seconds {
         config.call_timeout_seconds = seconds;
     }
-    if let Some(root) = options.cgroup_root {
-        config.cgroup_root = root;
+    if let Some(root) = &options.cgroup_root {
+        config.cgroup_root = root.clone();
     }
     config.allow_no_cgroups |= options.allow_no_cgroups;
     config.validate()?;
+    Ok(config)
+}
+
+async fn run(options: ServeOptions, config: Config) -> anyhow::Result<()> {
     let sandbox = Sandbox::detect(None)?;
     tracing::info!(bwrap = %sandbox.bwrap().display(), user_namespace = sandbox.user_namespace(), "instance sandbox ready");
 

@@ -171,6 +171,51 @@ fn full_queue_answers_overloaded() {
     }
 }
 
+/// A caller that disconnects does not free its instance early: the call
+/// runs on, so the next caller gets another instance, and the first
+/// instance takes calls again once its reply is in.
+#[test]
+fn disconnected_caller_keeps_its_instance_busy_until_the_reply() {
+    use std::io::Write;
+
+    let server = Server::builder().config("max_instances_per_script = 2\n").start();
+    let script = "\
+import time, uuid
+INSTANCE = uuid.uuid4().hex
+def handle(data):
+    time.sleep(float(data['payload'] or 0))
+    data['payload'] = INSTANCE
+    return data
+";
+    assert_eq!(server.deploy_file("marked", "handler.py", script).0, 201);
+    let (status, body) = server.invoke("marked", json!({"payload": "0"}));
+    assert_eq!(status, 200, "{body}");
+    let first = body["payload"].as_str().unwrap().to_string();
+
+    let address = server.url.trim_start_matches("http://").to_string();
+    let mut leaving = std::net::TcpStream::connect(&address).unwrap();
+    let request_body = json!({"payload": "2"}).to_string();
+    write!(
+        leaving,
+        "POST /v1/scripts/marked/invoke HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{request_body}",
+        request_body.len()
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(leaving);
+
+    let (status, body) = server.invoke("marked", json!({"payload": "0"}));
+    assert_eq!(status, 200, "{body}");
+    assert_ne!(body["payload"], first.as_str(), "the first instance still runs the abandoned call");
+    assert_eq!(server.instances("marked"), 2);
+
+    server.wait_until(Duration::from_secs(10), "the first instance serves again", || {
+        let results = concurrent(2, |_| server.invoke("marked", json!({"payload": "0.3"})));
+        results.iter().all(|(status, _)| *status == 200)
+            && results.iter().any(|(_, body)| body["payload"] == first.as_str())
+    });
+}
+
 #[test]
 fn instance_serves_concurrent_calls() {
     let server = Server::builder()

@@ -83,7 +83,6 @@ async fn invoke_with_id(
     }
 
     let data = CallData { payload, variables: request.variables, meta: request.meta, flow, http: None };
-    let sent = data.clone();
     let reply = controller.invoke(&name, call_id, data).await?;
 
     let mut response = Map::new();
@@ -100,9 +99,9 @@ async fn invoke_with_id(
             }
         },
     }
-    response.insert("variables".into(), reply.variables.unwrap_or(sent.variables).into());
-    response.insert("meta".into(), reply.meta.unwrap_or(sent.meta).into());
-    response.insert("flow".into(), reply.flow.unwrap_or(sent.flow));
+    response.insert("variables".into(), reply.variables.unwrap_or_default().into());
+    response.insert("meta".into(), reply.meta.unwrap_or_default().into());
+    response.insert("flow".into(), reply.flow.unwrap_or_else(|| json!({})));
     response.insert("logs".into(), reply.logs.into());
     Ok(axum::Json(Value::Object(response)))
 }

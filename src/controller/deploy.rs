@@ -130,6 +130,7 @@ impl Controller {
                 .with("serving_version", previous.current.version));
         }
         let version = self.store.add_version(candidate)?;
+        self.targets.forget(&version.name);
         tracing::info!(script = %version.name, version = version.version, build_key = %version.build_key, "version deployed");
         let build = self.store.build(&version.build_key)?;
         match built {

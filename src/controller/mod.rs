@@ -5,6 +5,7 @@ mod budget;
 pub mod calls;
 mod deploy;
 pub mod pool;
+mod targets;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ use crate::templates::{Template, Templates};
 use budget::MemoryBudget;
 use calls::{CallHistory, CallRecord};
 use pool::{Pool, PoolLimits};
+use targets::{CallTarget, CallTargets};
 
 pub use deploy::{DeployRequest, Deployed};
 
@@ -70,6 +72,7 @@ pub struct Controller {
     calls: Mutex<HashMap<String, Arc<CallHistory>>>,
     /// Artifacts already read from disk, by build key.
     artifacts: Mutex<HashMap<String, Artifact>>,
+    targets: CallTargets,
     memory_budget: Arc<MemoryBudget>,
     pub metrics: Arc<Metrics>,
 }
@@ -97,6 +100,7 @@ impl Controller {
             logs: Mutex::default(),
             calls: Mutex::default(),
             artifacts: Mutex::default(),
+            targets: CallTargets::default(),
             memory_budget,
             metrics: Arc::new(Metrics::new()),
         }
@@ -136,6 +140,7 @@ impl Controller {
         if !self.store.remove_script(name)? {
             return Err(ApiError::not_found(name));
         }
+        self.targets.forget(name);
         let pool = self.pools.lock().expect("pools poisoned").remove(name);
         if let Some(pool) = pool {
             pool.close().await;
@@ -233,63 +238,106 @@ impl Controller {
         }
     }
 
-    /// Invokes a script's current version with `data`.
-    /// Invokes a script and records the call: metrics, and a call record
-    /// under `call_id`. Calls to unknown scripts are not recorded, so
-    /// metric labels only name scripts that exist.
+    /// Invokes a script's current version with `data` and records the
+    /// call: metrics, and a call record under `call_id`. Calls to unknown
+    /// scripts are not recorded, so metric labels only name scripts that
+    /// exist.
     pub async fn invoke(&self, name: &str, call_id: &str, data: CallData) -> Result<CallReply, ApiError> {
         let started_at_ms = crate::store::now_ms();
         let started = std::time::Instant::now();
-        let result = self.invoke_current(name, data).await;
+        let (target, result) = match self.call_target(name).await {
+            Ok(target) => {
+                let result = self.call(&target, data, started_at_ms).await;
+                (Some(target), result)
+            }
+            Err(error) => (None, Err(error)),
+        };
         if matches!(&result, Err(error) if error.kind == ErrorKind::NotFound) {
             return result;
         }
         let duration = started.elapsed();
         let (outcome, logs) = match &result {
-            Ok(reply) => ("ok".to_string(), reply.logs.clone()),
-            Err(error) => (error.kind.as_str().to_string(), vec![error.message.clone()]),
+            Ok(reply) => ("ok", reply.logs.clone()),
+            Err(error) => (error.kind.as_str(), vec![error.message.clone()]),
         };
-        self.metrics.calls.get_or_create(&CallLabels { script: name.to_string(), outcome: outcome.clone() }).inc();
-        self.metrics.call_duration.get_or_create(&script_labels(name)).observe(duration.as_secs_f64());
-        self.call_history(name).push(CallRecord {
+        match (&target, &result) {
+            (Some(target), Ok(_)) => {
+                target.ok_calls.inc();
+            }
+            _ => {
+                self.metrics.calls.get_or_create(&CallLabels { script: name.to_string(), outcome: outcome.to_string() }).inc();
+            }
+        }
+        let history = match &target {
+            Some(target) => {
+                target.call_duration.observe(duration.as_secs_f64());
+                target.history.clone()
+            }
+            None => {
+                self.metrics.call_duration.get_or_create(&script_labels(name)).observe(duration.as_secs_f64());
+                self.call_history(name)
+            }
+        };
+        history.push(CallRecord {
             id: call_id.to_string(),
             started_at_ms,
             duration_ms: duration.as_secs_f64() * 1000.0,
-            outcome,
+            outcome: outcome.to_string(),
             logs,
         });
         result
     }
 
-    async fn invoke_current(&self, name: &str, data: CallData) -> Result<CallReply, ApiError> {
-        let script = self.script(name)?;
-        let version = script.current;
+    /// Returns the call target of a script's current version, making it
+    /// (and building the version if needed) when there is none.
+    async fn call_target(&self, name: &str) -> Result<Arc<CallTarget>, ApiError> {
+        if let Some(target) = self.targets.get(name) {
+            return Ok(target);
+        }
+        let generation = self.targets.generation();
+        let version = self.script(name)?.current;
         let artifact = self.artifact(&version).await?;
         let spec = self.instance_spec(&version, &artifact)?;
-        let timeout = spec.start_timeout;
+        let labels = script_labels(name);
+        let target = Arc::new(CallTarget::new(
+            spec,
+            self.pool(name),
+            self.call_history(name),
+            artifact.manifest,
+            self.metrics.calls.get_or_create(&CallLabels { script: name.to_string(), outcome: "ok".into() }).clone(),
+            self.metrics.call_duration.get_or_create(&labels).clone(),
+        ));
+        self.targets.insert(name, generation, target.clone());
+        Ok(target)
+    }
+
+    async fn call(&self, target: &CallTarget, data: CallData, now_ms: u64) -> Result<CallReply, ApiError> {
+        if target.use_due(now_ms) {
+            self.builder.record_use(&target.manifest, now_ms)?;
+        }
+        let timeout = target.spec.start_timeout;
         let limits = PoolLimits {
             max_instances: self.config.max_instances_per_script,
             concurrency: self.config.instance_concurrency,
             max_waiting: self.config.max_waiting_calls_per_script,
         };
         let deadline = tokio::time::Instant::now() + timeout;
-        let pool = self.pool(name);
-        let lease = pool.acquire(&self.runtime, &self.memory_budget, &spec, limits, deadline, timeout).await?;
+        let lease = target
+            .pool
+            .acquire(&self.runtime, &self.memory_budget, &target.spec, &target.pool_key, limits, deadline, timeout)
+            .await?;
 
-        // The call runs in its own task holding the lease: if the caller
-        // disconnects, the reply is still read, so the connection to the
-        // instance stays in step for the next call.
+        // The lease travels with the call: if the caller disconnects, the
+        // slot stays taken until the instance has replied, so the instance
+        // is never sent more calls than its concurrency.
         let instance = lease.instance.clone();
-        let call = tokio::spawn(async move {
-            let reply = lease.instance.call(&data).await;
-            drop(lease);
-            reply
-        });
-        match tokio::time::timeout_at(deadline, call).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(join_error)) => Err(ApiError::internal(anyhow::anyhow!("call task failed: {join_error}"))),
+        match tokio::time::timeout_at(deadline, instance.call(&data, Box::new(lease))).await {
+            Ok(reply) => reply.map(|mut reply| {
+                reply.keep_sent_values(data);
+                reply
+            }),
             Err(_) => {
-                tracing::warn!(script = name, instance = instance.id(), "call timed out; replacing the instance");
+                tracing::warn!(script = %target.spec.script, instance = instance.id(), "call timed out; replacing the instance");
                 instance.stop().await;
                 Err(ApiError::new(ErrorKind::Timeout, format!("the call exceeded the timeout of {} s", timeout.as_secs_f64()))
                     .with("timeout_seconds", timeout.as_secs_f64()))

@@ -94,19 +94,23 @@ impl Pool {
         self.state.lock().expect("pool state poisoned")
     }
 
-    /// Returns an instance of `spec.pool_key()` with a free call slot, starting
-    /// one if none is free and the limit allows. Waits in the queue until
-    /// `deadline`.
+    /// Returns an instance of `key` (the spec's [`InstanceSpec::pool_key`])
+    /// with a free call slot, starting one if none is free and the limit
+    /// allows. Waits in the queue until `deadline`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn acquire(
         self: &Arc<Self>,
         runtime: &Arc<dyn Runtime>,
         budget: &Arc<MemoryBudget>,
         spec: &InstanceSpec,
+        key: &str,
         limits: PoolLimits,
         deadline: tokio::time::Instant,
         timeout: Duration,
     ) -> Result<Lease, ApiError> {
-        let key = spec.pool_key();
+        if let Some(lease) = self.take_free_slot(key, limits.concurrency) {
+            return Ok(lease);
+        }
         let mut failures_seen = None;
         let mut counted_as_waiting = false;
         let mut queued: Option<QueuedHandoff> = None;
@@ -119,7 +123,9 @@ impl Pool {
                 if state.closed {
                     break Err(ApiError::not_found(&self.script));
                 }
-                state.current_key = key.clone();
+                if state.current_key != key {
+                    state.current_key = key.to_string();
+                }
                 state.slots.retain(|slot| slot.instance.is_alive() || slot.in_flight > 0);
                 state.queue.retain(|caller| !caller.handoff.is_closed());
                 let failures = *failures_seen.get_or_insert(state.failed_starts);
@@ -167,7 +173,7 @@ impl Pool {
                     let (sender, receiver) = oneshot::channel();
                     let id = state.next_caller_id;
                     state.next_caller_id += 1;
-                    state.queue.push_back(QueuedCaller { id, key: key.clone(), handoff: sender });
+                    state.queue.push_back(QueuedCaller { id, key: key.to_string(), handoff: sender });
                     queued = Some(QueuedHandoff { id, receiver, pool: self.clone() });
                 }
                 let running = state.slots.iter().filter(|slot| slot.key == key).count();
@@ -213,6 +219,25 @@ impl Pool {
             self.lock().waiting -= 1;
         }
         result
+    }
+
+    /// The common case of [`Pool::acquire`], without registering for
+    /// wake-ups: a free slot of `key` while no caller of `key` is queued.
+    fn take_free_slot(self: &Arc<Self>, key: &str, concurrency: usize) -> Option<Lease> {
+        let mut state = self.lock();
+        if state.closed || state.queue.iter().any(|caller| caller.key == key) {
+            return None;
+        }
+        if state.current_key != key {
+            state.current_key = key.to_string();
+        }
+        let slot = state
+            .slots
+            .iter_mut()
+            .filter(|slot| slot.key == key && slot.instance.is_alive() && slot.in_flight < concurrency)
+            .min_by_key(|slot| slot.in_flight)?;
+        slot.in_flight += 1;
+        Some(Lease { pool: self.clone(), instance: slot.instance.clone() })
     }
 
     /// Starts an instance in its own task, so it finishes and serves the
@@ -404,7 +429,7 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
     use crate::runtime::logs::LogBuffer;
-    use crate::runtime::{CallData, CallReply, ResourceLimits};
+    use crate::runtime::{CallData, CallHold, CallReply, ResourceLimits};
 
     struct FakeInstance {
         id: u64,
@@ -416,7 +441,7 @@ mod tests {
             self.id
         }
 
-        fn call<'a>(&'a self, _data: &'a CallData) -> BoxFuture<'a, Result<CallReply, ApiError>> {
+        fn call<'a>(&'a self, _data: &'a CallData, _hold: CallHold) -> BoxFuture<'a, Result<CallReply, ApiError>> {
             Box::pin(async { Ok(CallReply::default()) })
         }
 
@@ -475,7 +500,8 @@ mod tests {
     async fn acquire(pool: &Arc<Pool>, runtime: &Arc<dyn Runtime>, timeout: Duration) -> Result<Lease, ApiError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let budget = MemoryBudget::new(1024 * 1024);
-        pool.acquire(runtime, &budget, &spec(), ONE_SLOT, deadline, timeout).await
+        let spec = spec();
+        pool.acquire(runtime, &budget, &spec, &spec.pool_key(), ONE_SLOT, deadline, timeout).await
     }
 
     async fn wait_for_waiting(pool: &Pool, count: usize) {

@@ -14,8 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::BufReader;
 use tokio::sync::oneshot;
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
@@ -25,7 +24,8 @@ use super::prewarm::{LoadError, Prewarmed, read_code_files};
 use super::logs::{LogTarget, capture_lines};
 use super::protocol::{CallHeader, FrameError, InstanceHeader, read_frame, write_frame};
 use super::sandbox::{self, Sandbox, SandboxMounts};
-use super::{CallData, CallReply, Instance, InstanceSpec, ResourceLimits, Runtime};
+use super::socket::{self, SocketReader, SocketWriter};
+use super::{CallData, CallHold, CallReply, Instance, InstanceSpec, ResourceLimits, Runtime};
 use crate::error::{ApiError, ErrorKind};
 
 /// The fd number the shim finds its end of the socket pair at.
@@ -95,17 +95,25 @@ impl Runtime for LocalRuntime {
 /// calls at once; a reader task hands each to its caller.
 #[derive(Default)]
 struct PendingCalls {
-    waiting: HashMap<u64, oneshot::Sender<Result<(InstanceHeader, Vec<u8>), FrameError>>>,
+    waiting: HashMap<u64, PendingCall>,
     /// Set when the connection failed; no reply will come any more.
     closed: bool,
+}
+
+type Frame = (InstanceHeader, Vec<u8>);
+
+struct PendingCall {
+    reply: oneshot::Sender<Result<Frame, FrameError>>,
+    /// Dropped when the reply arrives or the connection fails.
+    _hold: Option<CallHold>,
 }
 
 pub struct LocalInstance {
     id: u64,
     pid: i32,
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    writer: tokio::sync::Mutex<SocketWriter>,
     /// The reading half until the ready message is read; then the reader task owns it.
-    reader: tokio::sync::Mutex<Option<OwnedReadHalf>>,
+    reader: tokio::sync::Mutex<Option<BufReader<SocketReader>>>,
     pending: Arc<std::sync::Mutex<PendingCalls>>,
     child: tokio::sync::Mutex<Child>,
     /// Taken when the instance stops and its group is removed.
@@ -169,7 +177,8 @@ impl LocalInstance {
         tokio::spawn(capture_lines(stdout, log_target.clone(), id, "stdout"));
         let stderr_reader = tokio::spawn(capture_lines(stderr, log_target.clone(), id, "stderr"));
 
-        let (reader, writer) = connect(server_end)?.into_split();
+        let (reader, writer) = socket::split(server_end)
+            .map_err(|error| ApiError::internal(anyhow::anyhow!("registering the instance socket: {error}")))?;
         let instance = LocalInstance {
             id,
             pid,
@@ -209,15 +218,15 @@ impl LocalInstance {
         }
     }
 
-    async fn call_inner(&self, data: &CallData) -> Result<CallReply, ApiError> {
+    async fn call_inner(&self, data: &CallData, hold: CallHold) -> Result<CallReply, ApiError> {
         let id = self.next_call_id.fetch_add(1, Ordering::Relaxed);
         let header = CallHeader {
             id,
             has_payload: data.payload.is_some(),
-            variables: data.variables.clone(),
-            meta: data.meta.clone(),
-            flow: data.flow.clone(),
-            http: data.http.clone(),
+            variables: &data.variables,
+            meta: &data.meta,
+            flow: &data.flow,
+            http: data.http.as_ref(),
         };
 
         let (reply_sender, reply_receiver) = oneshot::channel();
@@ -225,7 +234,7 @@ impl LocalInstance {
         let registered = {
             let mut pending = self.pending.lock().expect("pending calls poisoned");
             if !pending.closed {
-                pending.waiting.insert(id, reply_sender);
+                pending.waiting.insert(id, PendingCall { reply: reply_sender, _hold: Some(hold) });
             }
             !pending.closed
         };
@@ -234,12 +243,15 @@ impl LocalInstance {
         }
 
         let body = data.payload.as_deref().unwrap_or_default();
+        let mut sending = SendingCall { instance: self, id, writing: false };
         let written = {
             let mut writer = self.writer.lock().await;
+            sending.writing = true;
             write_frame(&mut *writer, &header, body).await
         };
+        sending.written();
         if let Err(error) = written {
-            self.pending.lock().expect("pending calls poisoned").waiting.remove(&id);
+            self.forget_call(id);
             return Err(self.exit_error(&error, "during the call").await);
         }
 
@@ -277,6 +289,12 @@ impl LocalInstance {
             response: reply.response,
             logs,
         })
+    }
+
+    /// Removes a call that will get no reply, releasing what it holds.
+    fn forget_call(&self, id: u64) {
+        let call = self.pending.lock().expect("pending calls poisoned").waiting.remove(&id);
+        drop(call);
     }
 
     /// Builds the error for an instance whose connection failed: waits
@@ -348,7 +366,7 @@ impl LocalInstance {
         });
 
         let (reply_sender, reply_receiver) = oneshot::channel();
-        self.pending.lock().expect("pending calls poisoned").waiting.insert(id, reply_sender);
+        self.pending.lock().expect("pending calls poisoned").waiting.insert(id, PendingCall { reply: reply_sender, _hold: None });
         let written = {
             let mut writer = self.writer.lock().await;
             write_frame(&mut *writer, &header, &body).await
@@ -414,16 +432,50 @@ impl Drop for LocalInstance {
     }
 }
 
+/// A call whose frame is not yet written whole. If its caller stops
+/// waiting now, the call is forgotten; and if part of the frame was
+/// written, the connection is out of step, so the instance is killed.
+struct SendingCall<'a> {
+    instance: &'a LocalInstance,
+    id: u64,
+    writing: bool,
+}
+
+impl SendingCall<'_> {
+    /// The frame was written whole, or its write failed and the caller
+    /// handles that: nothing to undo on drop.
+    fn written(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for SendingCall<'_> {
+    fn drop(&mut self) {
+        if self.writing {
+            tracing::warn!(instance = self.instance.id, "a call was cancelled while its frame was written; stopping the instance");
+            self.instance.alive.store(false, Ordering::Release);
+            if self.instance.pid > 0 {
+                // SAFETY: as in `stop_now`: the group id is the child's pid,
+                // which is not reused before the child is reaped.
+                unsafe {
+                    libc::kill(-self.instance.pid, libc::SIGKILL);
+                }
+            }
+        }
+        self.instance.forget_call(self.id);
+    }
+}
+
 /// Reads replies until the connection closes, handing each to the call
 /// waiting for its id. Then fails the calls still waiting.
-async fn read_replies(mut reader: OwnedReadHalf, pending: Arc<std::sync::Mutex<PendingCalls>>, instance: u64) {
+async fn read_replies(mut reader: BufReader<SocketReader>, pending: Arc<std::sync::Mutex<PendingCalls>>, instance: u64) {
     let error = loop {
         match read_frame(&mut reader).await {
             Ok((header, body)) => {
                 let waiting = pending.lock().expect("pending calls poisoned").waiting.remove(&header.id);
                 match waiting {
-                    Some(sender) => {
-                        let _ = sender.send(Ok((header, body)));
+                    Some(call) => {
+                        let _ = call.reply.send(Ok((header, body)));
                     }
                     None => tracing::warn!(instance, call = header.id, "reply to a call that is not waiting; ignored"),
                 }
@@ -431,10 +483,13 @@ async fn read_replies(mut reader: OwnedReadHalf, pending: Arc<std::sync::Mutex<P
             Err(error) => break error,
         }
     };
-    let mut pending = pending.lock().expect("pending calls poisoned");
-    pending.closed = true;
-    for (_, sender) in pending.waiting.drain() {
-        let _ = sender.send(Err(match &error {
+    let failed: Vec<PendingCall> = {
+        let mut pending = pending.lock().expect("pending calls poisoned");
+        pending.closed = true;
+        pending.waiting.drain().map(|(_, call)| call).collect()
+    };
+    for call in failed {
+        let _ = call.reply.send(Err(match &error {
             FrameError::Closed => FrameError::Closed,
             other => FrameError::Io(std::io::Error::other(other.to_string())),
         }));
@@ -526,21 +581,13 @@ fn prepare_child(join_files: &[CString], instance_fd: i32) -> std::io::Result<()
     Ok(())
 }
 
-fn connect(server_end: std::os::unix::net::UnixStream) -> Result<UnixStream, ApiError> {
-    server_end
-        .set_nonblocking(true)
-        .map_err(|error| ApiError::internal(anyhow::anyhow!("configuring the instance socket: {error}")))?;
-    UnixStream::from_std(server_end)
-        .map_err(|error| ApiError::internal(anyhow::anyhow!("registering the instance socket: {error}")))
-}
-
 impl Instance for LocalInstance {
     fn id(&self) -> u64 {
         self.id
     }
 
-    fn call<'a>(&'a self, data: &'a CallData) -> BoxFuture<'a, Result<CallReply, ApiError>> {
-        Box::pin(self.call_inner(data))
+    fn call<'a>(&'a self, data: &'a CallData, hold: CallHold) -> BoxFuture<'a, Result<CallReply, ApiError>> {
+        Box::pin(self.call_inner(data, hold))
     }
 
     fn is_alive(&self) -> bool {

@@ -9,6 +9,7 @@ pub mod logs;
 mod prewarm;
 pub mod protocol;
 pub mod sandbox;
+mod socket;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -95,8 +96,8 @@ pub struct CallData {
     pub http: Option<Value>,
 }
 
-/// The data object the script returned. Fields it left out are `None` and go back to
-/// the caller as they were sent.
+/// The data object the script returned. Fields it left out are `None`
+/// until [`CallReply::keep_sent_values`] fills them.
 #[derive(Debug, Clone, Default)]
 pub struct CallReply {
     pub payload: Option<Vec<u8>>,
@@ -107,6 +108,21 @@ pub struct CallReply {
     pub response: Option<Value>,
     pub logs: Vec<String>,
 }
+
+impl CallReply {
+    /// Gives `variables`, `meta` and `flow` the values they were sent with
+    /// where the script left them out, so they go back to the caller as sent.
+    pub fn keep_sent_values(&mut self, sent: CallData) {
+        self.variables.get_or_insert(sent.variables);
+        self.meta.get_or_insert(sent.meta);
+        self.flow.get_or_insert(sent.flow);
+    }
+}
+
+/// What a call keeps until the instance is done with it: in the
+/// controller, its call slot, so a caller that gives up does not free the
+/// slot while the instance still runs its call.
+pub type CallHold = Box<dyn Send>;
 
 pub trait Runtime: Send + Sync {
     /// Starts an instance and returns once it has loaded the script and is
@@ -131,7 +147,10 @@ pub trait Instance: Send + Sync {
 
     /// Sends one call and waits for the reply. The caller bounds the wait;
     /// after a failure other than `script_error` the instance is dead.
-    fn call<'a>(&'a self, data: &'a CallData) -> BoxFuture<'a, Result<CallReply, ApiError>>;
+    /// `hold` is dropped once the instance is done with the call: when its
+    /// reply is read or the instance fails, also if the caller stopped
+    /// waiting before.
+    fn call<'a>(&'a self, data: &'a CallData, hold: CallHold) -> BoxFuture<'a, Result<CallReply, ApiError>>;
 
     /// False once the instance has exited or failed a call.
     fn is_alive(&self) -> bool;

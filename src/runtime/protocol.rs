@@ -16,17 +16,18 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// instance is not speaking this protocol.
 const MAX_HEADER_BYTES: u32 = 64 * 1024 * 1024;
 
-/// The header of a call sent to an instance.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CallHeader {
+/// The header of a call sent to an instance. It borrows the call's data,
+/// which is serialized straight into the frame.
+#[derive(Debug, Serialize)]
+pub struct CallHeader<'a> {
     pub id: u64,
     pub has_payload: bool,
-    pub variables: Map<String, Value>,
-    pub meta: Map<String, Value>,
-    pub flow: Value,
+    pub variables: &'a Map<String, Value>,
+    pub meta: &'a Map<String, Value>,
+    pub flow: &'a Value,
     /// The HTTP request of a raw HTTP call: method, path, query, headers.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub http: Option<Value>,
+    pub http: Option<&'a Value>,
 }
 
 /// The header of any frame an instance sends: the ready frame or a reply.
