@@ -8,6 +8,7 @@ body bytes. The body is the raw payload, so any bytes travel unchanged.
 import importlib.util
 import json
 import os
+import select
 import socket
 import struct
 import sys
@@ -26,36 +27,58 @@ def connect():
     return connection
 
 
-def read_exact(stream, size):
-    chunks = []
-    while size:
-        chunk = stream.read(size)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
+# Bytes asked of the socket per read: a typical call arrives in one read.
+READ_SIZE = 65536
+# Bodies up to this size are sent in the same system call as the header.
+SINGLE_WRITE_BYTES = 65536
 
 
-def read_frame(stream):
-    prefix = read_exact(stream, 8)
-    if prefix is None:
-        return None, None
-    header_length, body_length = struct.unpack(">II", prefix)
-    header = json.loads(read_exact(stream, header_length))
-    body = read_exact(stream, body_length) if body_length else b""
-    return header, body
+class Connection:
+    """The instance's end of the connection to the server.
 
+    Input is awaited with poll() rather than inside recv(): a thread
+    blocked in recv() on a Unix socket is also woken, for nothing, each time
+    the server reads a reply from that socket; a poll for input is not.
+    """
 
-WRITE_LOCK = threading.Lock()
+    def __init__(self, sock):
+        self.sock = sock
+        self.buffer = bytearray()
+        self.poller = select.poll()
+        self.poller.register(sock, select.POLLIN)
+        self.write_lock = threading.Lock()
 
+    def read_exact(self, size):
+        while len(self.buffer) < size:
+            self.poller.poll()
+            chunk = self.sock.recv(max(READ_SIZE, size - len(self.buffer)))
+            if not chunk:
+                return None
+            self.buffer += chunk
+        data = bytes(memoryview(self.buffer)[:size])
+        del self.buffer[:size]
+        return data
 
-def write_frame(stream, header, body=b""):
-    encoded = json.dumps(header).encode()
-    with WRITE_LOCK:
-        stream.write(struct.pack(">II", len(encoded), len(body)) + encoded)
-        stream.write(body)
-        stream.flush()
+    def read_frame(self):
+        prefix = self.read_exact(8)
+        if prefix is None:
+            return None, None
+        header_length, body_length = struct.unpack(">II", prefix)
+        header = self.read_exact(header_length)
+        body = self.read_exact(body_length) if body_length else b""
+        if header is None or body is None:
+            return None, None
+        return json.loads(header), body
+
+    def write_frame(self, header, body=b""):
+        encoded = json.dumps(header).encode()
+        start = struct.pack(">II", len(encoded), len(body)) + encoded
+        with self.write_lock:
+            if len(body) <= SINGLE_WRITE_BYTES:
+                self.sock.sendall(start + body)
+            else:
+                self.sock.sendall(start)
+                self.sock.sendall(body)
 
 
 def load_handler():
@@ -124,18 +147,18 @@ def serve_call(handle, header, body):
         }, b""
 
 
-def serve_and_reply(stream, handle, header, body):
+def serve_and_reply(connection, handle, header, body):
     reply, payload = serve_call(handle, header, body)
-    write_frame(stream, reply, payload)
+    connection.write_frame(reply, payload)
 
 
-def receive_script(stream):
+def receive_script(connection):
     """Wait for the script of a prewarmed instance and write its files.
 
     The controller sends one frame: `load` has the entry, the environment
     and the file list, and the body contains the files' bytes in that order.
     """
-    header, body = read_frame(stream)
+    header, body = connection.read_frame()
     if header is None:
         sys.exit(0)
     load = header["load"]
@@ -158,29 +181,28 @@ def receive_script(stream):
 
 
 def main():
-    connection = connect()
-    stream = connection.makefile("rwb")
+    connection = Connection(connect())
     load_id = None
     if os.environ.get("KUBEFAAS_PREWARM") == "1":
-        write_frame(stream, {"ready": True, "prewarmed": True, "pid": os.getpid()})
-        load_id = receive_script(stream)
+        connection.write_frame({"ready": True, "prewarmed": True, "pid": os.getpid()})
+        load_id = receive_script(connection)
     handle = load_handler()
     concurrency = int(os.environ.get("KUBEFAAS_CONCURRENCY", "1"))
     # With more than one call at a time, each call runs on a worker thread
     # and replies may go out of order; the controller matches them by id.
     workers = ThreadPoolExecutor(max_workers=concurrency) if concurrency > 1 else None
     if load_id is None:
-        write_frame(stream, {"ready": True, "pid": os.getpid()})
+        connection.write_frame({"ready": True, "pid": os.getpid()})
     else:
-        write_frame(stream, {"id": load_id, "ok": True})
+        connection.write_frame({"id": load_id, "ok": True})
     while True:
-        header, body = read_frame(stream)
+        header, body = connection.read_frame()
         if header is None:
             return
         if workers is None:
-            serve_and_reply(stream, handle, header, body)
+            serve_and_reply(connection, handle, header, body)
         else:
-            workers.submit(serve_and_reply, stream, handle, header, body)
+            workers.submit(serve_and_reply, connection, handle, header, body)
 
 
 main()
