@@ -90,7 +90,7 @@ async fn run(options: ServeOptions, config: Config) -> anyhow::Result<()> {
 
     // Created last, so that no earlier failure leaves a cgroup behind.
     let cgroups = setup_cgroups(&config)?;
-    let runtime = Arc::new(LocalRuntime::new(sandbox, cgroups));
+    let runtime = Arc::new(LocalRuntime::new(sandbox, cgroups).context("starting the instance spawner thread")?);
     let controller = Arc::new(Controller::new(config, paths, store, templates, builder, runtime));
     tokio::spawn(controller.clone().run_idle_reaper());
     tokio::spawn(controller.clone().run_garbage_collector());

@@ -46,11 +46,47 @@ pub(super) struct RuntimeInner {
     /// usable cgroup hierarchy.
     pub(super) cgroups: Option<Cgroups>,
     pub(super) prewarmed: Prewarmed,
+    spawner: Spawner,
 }
 
 impl LocalRuntime {
-    pub fn new(sandbox: Sandbox, cgroups: Option<Cgroups>) -> LocalRuntime {
-        LocalRuntime { inner: Arc::new(RuntimeInner { sandbox, cgroups, prewarmed: Prewarmed::default() }) }
+    /// Creates the runtime; call it within the server's async runtime.
+    pub fn new(sandbox: Sandbox, cgroups: Option<Cgroups>) -> std::io::Result<LocalRuntime> {
+        let spawner = Spawner::start(tokio::runtime::Handle::current())?;
+        Ok(LocalRuntime { inner: Arc::new(RuntimeInner { sandbox, cgroups, prewarmed: Prewarmed::default(), spawner }) })
+    }
+}
+
+type SpawnRequest = (Command, oneshot::Sender<std::io::Result<Child>>);
+
+/// Starts instance processes on a thread of its own, for two reasons. A
+/// start returns only once the child has joined its cgroups and started
+/// bwrap, which takes milliseconds on cgroup v1 and would hold up every
+/// call served by the same async thread. And `PR_SET_PDEATHSIG` (see
+/// [`prepare_child`]) ties an instance to the thread that started it, which
+/// must therefore live as long as the server.
+struct Spawner {
+    requests: std::sync::mpsc::Sender<SpawnRequest>,
+}
+
+impl Spawner {
+    fn start(handle: tokio::runtime::Handle) -> std::io::Result<Spawner> {
+        let (requests, receiver) = std::sync::mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new().name("instance-spawner".into()).spawn(move || {
+            // Child processes are registered with the async runtime's reaper.
+            let _runtime = handle.enter();
+            for (mut command, reply) in receiver {
+                let _ = reply.send(command.spawn());
+            }
+        })?;
+        Ok(Spawner { requests })
+    }
+
+    async fn spawn(&self, command: Command) -> std::io::Result<Child> {
+        let stopped = || std::io::Error::other("the instance spawner thread has stopped");
+        let (reply, receiver) = oneshot::channel();
+        self.requests.send((command, reply)).map_err(|_| stopped())?;
+        receiver.await.map_err(|_| stopped())?
     }
 }
 
@@ -155,7 +191,7 @@ impl LocalInstance {
         unsafe {
             command.pre_exec(move || prepare_child(&join_files, instance_fd));
         }
-        let mut child = match command.spawn() {
+        let mut child = match runtime.spawner.spawn(command).await {
             Ok(child) => child,
             Err(error) => {
                 if let Some(cgroup) = cgroup {
@@ -572,8 +608,8 @@ fn prepare_child(join_files: &[CString], instance_fd: i32) -> std::io::Result<()
             return Err(std::io::Error::last_os_error());
         }
         // Instances must not outlive a server that is killed. The signal
-        // fires when the forking thread exits; this runs on a runtime
-        // worker thread, which lives as long as the server.
+        // fires when the forking thread exits; this runs on the spawner
+        // thread, which lives as long as the server.
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
             return Err(std::io::Error::last_os_error());
         }
