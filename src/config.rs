@@ -63,9 +63,9 @@ pub struct Config {
     /// Runs instances without memory, PID and CPU limits when no usable
     /// cgroup hierarchy is found, instead of refusing to start.
     pub allow_no_cgroups: bool,
-    /// Threads that serve HTTP and talk to instances; by default half of the
-    /// CPUs, at least one, so the scripts keep the other half. Builds and
-    /// unpacking run on their own threads.
+    /// Threads that serve HTTP and talk to instances. The default is half of
+    /// the CPUs, at least one, so the scripts keep the other half. Builds and
+    /// unpacking run on threads of their own.
     pub server_threads: Option<usize>,
 }
 
@@ -130,7 +130,7 @@ impl Config {
         Ok(())
     }
 
-    /// The number of server threads: the setting, or half of the CPUs.
+    /// Returns the number of server threads: the setting, or half of the CPUs.
     pub fn server_threads(&self) -> usize {
         self.server_threads.unwrap_or_else(|| {
             let cpus = std::thread::available_parallelism().map_or(1, usize::from);

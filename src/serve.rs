@@ -38,8 +38,8 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = load_config(&options)?;
-    // Fewer threads mean fewer hand-offs between them on each call; see
-    // `Config::server_threads`.
+    // Fewer threads mean fewer hand-offs between them on each call (see
+    // `Config::server_threads`).
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.server_threads())
         .enable_all()

@@ -175,7 +175,7 @@ fn full_queue_answers_overloaded() {
 /// runs on, so the next caller gets another instance, and the first
 /// instance takes calls again once its reply is in.
 #[test]
-fn disconnected_caller_keeps_its_instance_busy_until_the_reply() {
+fn disconnected_caller_keeps_instance_busy() {
     use std::io::Write;
 
     let server = Server::builder().config("max_instances_per_script = 2\n").start();

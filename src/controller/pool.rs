@@ -221,8 +221,8 @@ impl Pool {
         result
     }
 
-    /// The common case of [`Pool::acquire`], without registering for
-    /// wake-ups: a free slot of `key` while no caller of `key` is queued.
+    /// Takes a free slot of `key` while no caller of `key` is queued: the
+    /// common case of [`Pool::acquire`], without registering for wake-ups.
     fn take_free_slot(self: &Arc<Self>, key: &str, concurrency: usize) -> Option<Lease> {
         let mut state = self.lock();
         if state.closed || state.queue.iter().any(|caller| caller.key == key) {

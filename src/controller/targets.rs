@@ -73,7 +73,7 @@ impl CallTargets {
         self.lock().by_name.get(name).cloned()
     }
 
-    /// Returns the current generation; read it before reading the script.
+    /// Returns the current generation. Read it before reading the script.
     pub fn generation(&self) -> u64 {
         self.lock().generation
     }

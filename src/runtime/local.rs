@@ -491,7 +491,7 @@ impl Drop for SendingCall<'_> {
             tracing::warn!(instance = self.instance.id, "a call was cancelled while its frame was written; stopping the instance");
             self.instance.alive.store(false, Ordering::Release);
             if self.instance.pid > 0 {
-                // SAFETY: as in `stop_now`: the group id is the child's pid,
+                // SAFETY: as in `stop_now`, the group id is the child's pid,
                 // which is not reused before the child is reaped.
                 unsafe {
                     libc::kill(-self.instance.pid, libc::SIGKILL);
@@ -608,7 +608,7 @@ fn prepare_child(join_files: &[CString], instance_fd: i32) -> std::io::Result<()
             return Err(std::io::Error::last_os_error());
         }
         // Instances must not outlive a server that is killed. The signal
-        // fires when the forking thread exits; this runs on the spawner
+        // fires when the forking thread exits, and this runs on the spawner
         // thread, which lives as long as the server.
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
             return Err(std::io::Error::last_os_error());

@@ -119,9 +119,9 @@ impl CallReply {
     }
 }
 
-/// What a call keeps until the instance is done with it: in the
-/// controller, its call slot, so a caller that gives up does not free the
-/// slot while the instance still runs its call.
+/// A value a call keeps until the instance is done with it. The controller
+/// passes the call slot, so a caller that gives up does not free the slot
+/// while the instance still runs its call.
 pub type CallHold = Box<dyn Send>;
 
 pub trait Runtime: Send + Sync {

@@ -41,20 +41,20 @@ impl AsyncRead for SocketReader {
         loop {
             let mut guard = ready!(self.socket.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
-            let wanted = unfilled.len();
+            let requested = unfilled.len();
             match guard.try_io(|socket| (&*socket.get_ref()).read(unfilled)) {
                 Ok(Ok(read)) => {
                     // A short read emptied the socket: forget the readiness
                     // now instead of learning it from one more read that
                     // fails. Data that arrives later raises a new event.
-                    if read > 0 && read < wanted {
+                    if read > 0 && read < requested {
                         guard.clear_ready();
                     }
                     buf.advance(read);
                     return Poll::Ready(Ok(()));
                 }
                 Ok(Err(error)) => return Poll::Ready(Err(error)),
-                // The readiness was stale and is now cleared; wait again.
+                // The readiness was stale and is now cleared, so wait again.
                 Err(_would_block) => continue,
             }
         }
@@ -84,7 +84,7 @@ impl AsyncWrite for SocketWriter {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        // Writes go straight to the socket; there is nothing to flush.
+        // Writes go straight to the socket, so there is nothing to flush.
         self.space_waiter = None;
         Poll::Ready(Ok(()))
     }

@@ -27,7 +27,7 @@ def connect():
     return connection
 
 
-# Bytes asked of the socket per read: a typical call arrives in one read.
+# Bytes requested from the socket per read, so a typical call arrives in one read.
 READ_SIZE = 65536
 # Bodies up to this size are sent in the same system call as the header.
 SINGLE_WRITE_BYTES = 65536
@@ -36,9 +36,9 @@ SINGLE_WRITE_BYTES = 65536
 class Connection:
     """The instance's end of the connection to the server.
 
-    Input is awaited with poll() rather than inside recv(): a thread
+    Input is awaited with poll() rather than inside recv(). A thread
     blocked in recv() on a Unix socket is also woken, for nothing, each time
-    the server reads a reply from that socket; a poll for input is not.
+    the server reads a reply from that socket, but a poll for input is not.
     """
 
     def __init__(self, sock):
