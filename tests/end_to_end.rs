@@ -212,6 +212,31 @@ fn binary_payload_round_trips_unchanged() {
     assert_eq!(output.stdout, bytes);
 }
 
+/// Payloads larger than the socket buffers between the server and an
+/// instance, both ways: the server must wait for buffer space while the
+/// instance reads, and read a reply that arrives in many parts.
+#[test]
+fn large_payload_round_trips_unchanged() {
+    let server = Server::start();
+    let bytes: Vec<u8> = (0..12 * 1024 * 1024u32).map(|index| (index.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let text: String = (0..6 * 1024 * 1024u32).map(|index| char::from(b'a' + (index % 26) as u8)).collect();
+    for (language, file, script) in &ECHO_SCRIPTS[..2] {
+        let name = &format!("large-{language}");
+        assert_eq!(server.deploy_file(name, file, script).0, 201);
+
+        let (status, body) = server.invoke(name, json!({"payload_base64": BASE64.encode(&bytes)}));
+        assert_eq!(status, 200, "{name}: {}", body["error"]);
+        let returned = BASE64.decode(body["payload_base64"].as_str().unwrap()).unwrap();
+        assert_eq!(returned.len(), bytes.len(), "{name}");
+        assert!(returned == bytes, "{name}: the binary payload changed");
+
+        let (status, body) = server.invoke(name, json!({"payload": text}));
+        assert_eq!(status, 200, "{name}: {}", body["error"]);
+        assert!(body["payload"] == text.as_str(), "{name}: the text payload changed");
+        assert_eq!(body["meta"]["seen"], "yes", "{name}");
+    }
+}
+
 #[test]
 fn printed_output_stays_out_of_result() {
     let server = Server::start();
