@@ -229,8 +229,13 @@ impl Controller {
             match self.builder.collect_garbage(crate::store::now_ms(), self.config.retention()).await {
                 Ok(removed) => {
                     let mut artifacts = self.artifacts.lock().expect("artifacts poisoned");
-                    for key in removed {
-                        artifacts.remove(&key);
+                    for key in &removed {
+                        artifacts.remove(key);
+                    }
+                    if !removed.is_empty() {
+                        // A target may name a removed layer folder; the next
+                        // call makes a new one, rebuilding if needed.
+                        self.targets.clear();
                     }
                 }
                 Err(error) => tracing::warn!(%error, "garbage collection failed"),
@@ -312,8 +317,10 @@ impl Controller {
     }
 
     async fn call(&self, target: &CallTarget, data: CallData, now_ms: u64) -> Result<CallReply, ApiError> {
-        if target.use_due(now_ms) {
-            self.builder.record_use(&target.manifest, now_ms)?;
+        if target.use_due(now_ms)
+            && let Err(error) = self.builder.record_use(&target.manifest, now_ms)
+        {
+            tracing::warn!(script = %target.spec.script, %error, "recording the artifact's use failed");
         }
         let timeout = target.spec.start_timeout;
         let limits = PoolLimits {

@@ -26,8 +26,7 @@ pub struct CallTarget {
     pub manifest: ArtifactManifest,
     pub ok_calls: Counter,
     pub call_duration: Histogram,
-    /// When a call last recorded a use of the artifact, in ms since the epoch.
-    use_recorded_ms: AtomicU64,
+    use_records: UseRecords,
 }
 
 /// Calls record a use of their artifact at most this often.
@@ -43,15 +42,29 @@ impl CallTarget {
         call_duration: Histogram,
     ) -> CallTarget {
         let pool_key = spec.pool_key();
-        CallTarget { spec, pool_key, pool, history, manifest, ok_calls, call_duration, use_recorded_ms: AtomicU64::new(0) }
+        CallTarget { spec, pool_key, pool, history, manifest, ok_calls, call_duration, use_records: UseRecords::default() }
     }
 
-    /// Returns true once an hour: when a call should record a use of the
-    /// artifact, which restarts its retention period.
+    /// Returns true when a call should record a use of the artifact, which
+    /// restarts its retention period: at most once an hour.
     pub fn use_due(&self, now_ms: u64) -> bool {
-        let last = self.use_recorded_ms.load(Ordering::Relaxed);
+        self.use_records.due(now_ms)
+    }
+}
+
+/// The time a call last recorded a use of the artifact, in ms since the epoch.
+#[derive(Default)]
+struct UseRecords {
+    last_ms: AtomicU64,
+}
+
+impl UseRecords {
+    /// Returns true for the first call and then once per interval; of
+    /// concurrent calls, only one gets true.
+    fn due(&self, now_ms: u64) -> bool {
+        let last = self.last_ms.load(Ordering::Relaxed);
         now_ms.saturating_sub(last) >= USE_RECORD_INTERVAL_MS
-            && self.use_recorded_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+            && self.last_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     }
 }
 
@@ -87,6 +100,13 @@ impl CallTargets {
         }
     }
 
+    /// Drops every target, as after artifacts were garbage-collected.
+    pub fn clear(&self) {
+        let mut state = self.lock();
+        state.generation += 1;
+        state.by_name.clear();
+    }
+
     /// Drops the target of a script that was deployed or deleted.
     pub fn forget(&self, name: &str) {
         let mut state = self.lock();
@@ -96,5 +116,20 @@ impl CallTargets {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, TargetsState> {
         self.state.lock().expect("call targets poisoned")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{USE_RECORD_INTERVAL_MS, UseRecords};
+
+    #[test]
+    fn use_records_once_per_interval() {
+        let records = UseRecords::default();
+        let start = 1_800_000_000_000;
+        assert!(records.due(start), "the first call records");
+        assert!(!records.due(start + 1), "a call right after does not");
+        assert!(!records.due(start + USE_RECORD_INTERVAL_MS - 1), "nor one just under an interval later");
+        assert!(records.due(start + USE_RECORD_INTERVAL_MS), "one interval later, a call records again");
     }
 }
