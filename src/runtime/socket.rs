@@ -42,7 +42,7 @@ impl AsyncRead for SocketReader {
             let mut guard = ready!(self.socket.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
             let requested = unfilled.len();
-            match guard.try_io(|socket| (&*socket.get_ref()).read(unfilled)) {
+            match guard.try_io(|socket| socket.get_ref().read(unfilled)) {
                 Ok(Ok(read)) => {
                     // A short read emptied the socket: forget the readiness
                     // now instead of learning it from one more read that
@@ -71,7 +71,7 @@ pub struct SocketWriter {
 impl AsyncWrite for SocketWriter {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
         if self.space_waiter.is_none() {
-            match (&*self.socket.get_ref()).write(data) {
+            match self.socket.get_ref().write(data) {
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
                     let duplicate = self.socket.get_ref().try_clone()?;
                     self.space_waiter = Some(tokio::net::UnixStream::from_std(duplicate)?);
