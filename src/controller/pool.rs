@@ -112,7 +112,8 @@ impl Pool {
             return Ok(lease);
         }
         let mut failures_seen = None;
-        let mut counted_as_waiting = false;
+        // Counts this caller in `waiting` until it returns or is dropped.
+        let mut waiting: Option<WaitingCount> = None;
         let mut queued: Option<QueuedHandoff> = None;
         let result = loop {
             let notified = self.changed.notified();
@@ -158,7 +159,7 @@ impl Pool {
                     }
                     break Ok(Lease { pool: self.clone(), instance });
                 }
-                if !counted_as_waiting {
+                if waiting.is_none() {
                     if state.waiting >= limits.max_waiting {
                         break Err(overloaded(format!(
                             "{} calls are already waiting for an instance of {}",
@@ -167,7 +168,7 @@ impl Pool {
                         .with("max_waiting", limits.max_waiting));
                     }
                     state.waiting += 1;
-                    counted_as_waiting = true;
+                    waiting = Some(WaitingCount { pool: self });
                 }
                 if queued.is_none() {
                     let (sender, receiver) = oneshot::channel();
@@ -215,9 +216,7 @@ impl Pool {
                 }
             }
         };
-        if counted_as_waiting {
-            self.lock().waiting -= 1;
-        }
+        drop(waiting);
         result
     }
 
@@ -385,6 +384,18 @@ impl PoolState {
             }
         }
         false
+    }
+}
+
+/// A caller counted in [`PoolState::waiting`]; dropping it, also when the
+/// caller gives up, takes it off the count.
+struct WaitingCount<'a> {
+    pool: &'a Pool,
+}
+
+impl Drop for WaitingCount<'_> {
+    fn drop(&mut self) {
+        self.pool.lock().waiting -= 1;
     }
 }
 
@@ -564,6 +575,29 @@ mod tests {
 
         let next = acquire(&pool, &runtime, Duration::from_secs(1)).await;
         assert!(next.is_ok(), "the slot came back to the pool");
+    }
+
+    #[tokio::test]
+    async fn cancelled_waiters_leave_waiting_count() {
+        let pool = new_pool();
+        let runtime: Arc<dyn Runtime> = Arc::new(FakeRuntime::default());
+        let first = acquire(&pool, &runtime, Duration::from_secs(5)).await.unwrap();
+
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let (task_pool, task_runtime) = (pool.clone(), runtime.clone());
+                tokio::spawn(async move { acquire(&task_pool, &task_runtime, Duration::from_secs(5)).await.map(drop) })
+            })
+            .collect();
+        wait_for_waiting(&pool, 2).await;
+        for waiter in waiters {
+            waiter.abort();
+            assert!(waiter.await.unwrap_err().is_cancelled());
+        }
+        assert_eq!(pool.waiting(), 0, "callers that gave up are not counted as waiting");
+
+        drop(first);
+        assert!(acquire(&pool, &runtime, Duration::from_secs(1)).await.is_ok());
     }
 
     #[tokio::test]
