@@ -214,6 +214,55 @@ def handle(data):
         results.iter().all(|(status, _)| *status == 200)
             && results.iter().any(|(_, body)| body["payload"] == first.as_str())
     });
+
+    let (status, body) = server.request("GET", "/v1/scripts/marked/logs", None);
+    assert_eq!(status, 200);
+    let cancelled: Vec<_> = body["calls"].as_array().unwrap().iter().filter(|call| call["outcome"] == "cancelled").collect();
+    assert_eq!(cancelled.len(), 1, "the abandoned call is recorded: {body}");
+    assert_eq!(cancelled[0]["logs"], json!(["the caller disconnected before the reply"]));
+    assert_eq!(metrics(&server)["kubefaas_calls_total{outcome=cancelled,script=marked}"], 1.0);
+}
+
+/// Callers that disconnect while queued for an instance leave the queue:
+/// they do not fill it for the callers after them.
+#[test]
+fn abandoned_queued_calls_leave_queue() {
+    let server = Server::builder()
+        .config("max_instances_per_script = 1\nmax_waiting_calls_per_script = 2\n")
+        .start();
+    assert_eq!(server.deploy_file("narrow", "handler.py", &sleeper("ok")).0, 201);
+    assert_eq!(server.invoke("narrow", json!({"payload": "0"})).0, 200);
+
+    let address = server.url.trim_start_matches("http://").to_string();
+    std::thread::scope(|scope| {
+        let busy = scope.spawn(|| server.invoke("narrow", json!({"payload": "1.5"})));
+        std::thread::sleep(Duration::from_millis(300));
+        for _ in 0..2 {
+            let request_body = json!({"payload": "0"}).to_string();
+            let mut leaving = std::net::TcpStream::connect(&address).unwrap();
+            std::io::Write::write_all(
+                &mut leaving,
+                format!(
+                    "POST /v1/scripts/narrow/invoke HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{request_body}",
+                    request_body.len()
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            drop(leaving);
+        }
+        let (status, body) = busy.join().unwrap();
+        assert_eq!(status, 200, "{body}");
+    });
+
+    server.wait_until(Duration::from_secs(5), "the queue is empty", || {
+        metrics(&server)["kubefaas_queue_length{script=narrow}"] == 0.0
+    });
+    let results = concurrent(3, |_| server.invoke("narrow", json!({"payload": "0.2"})));
+    for (status, body) in &results {
+        assert_eq!(*status, 200, "a call and two queued ones fit: {body}");
+    }
 }
 
 #[test]

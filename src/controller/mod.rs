@@ -246,50 +246,21 @@ impl Controller {
     /// Invokes a script's current version with `data` and records the
     /// call: metrics, and a call record under `call_id`. Calls to unknown
     /// scripts are not recorded, so metric labels only name scripts that
-    /// exist.
+    /// exist. A call whose caller disconnects is recorded as `cancelled`.
     pub async fn invoke(&self, name: &str, call_id: &str, data: CallData) -> Result<CallReply, ApiError> {
-        let started_at_ms = crate::store::now_ms();
-        let started = std::time::Instant::now();
-        let (target, result) = match self.call_target(name).await {
+        let mut recording = CallRecording::start(self, name, call_id);
+        let result = match self.call_target(name).await {
             Ok(target) => {
-                let result = self.call(&target, data, started_at_ms).await;
-                (Some(target), result)
+                recording.target = Some(target.clone());
+                self.call(&target, data, recording.started_at_ms).await
             }
-            Err(error) => (None, Err(error)),
+            Err(error) => Err(error),
         };
-        if matches!(&result, Err(error) if error.kind == ErrorKind::NotFound) {
-            return result;
+        match &result {
+            Err(error) if error.kind == ErrorKind::NotFound => recording.skip(),
+            Ok(reply) => recording.finish("ok", reply.logs.clone()),
+            Err(error) => recording.finish(error.kind.as_str(), vec![error.message.clone()]),
         }
-        let duration = started.elapsed();
-        let (outcome, logs) = match &result {
-            Ok(reply) => ("ok", reply.logs.clone()),
-            Err(error) => (error.kind.as_str(), vec![error.message.clone()]),
-        };
-        match (&target, &result) {
-            (Some(target), Ok(_)) => {
-                target.ok_calls.inc();
-            }
-            _ => {
-                self.metrics.calls.get_or_create(&CallLabels { script: name.to_string(), outcome: outcome.to_string() }).inc();
-            }
-        }
-        let history = match &target {
-            Some(target) => {
-                target.call_duration.observe(duration.as_secs_f64());
-                target.history.clone()
-            }
-            None => {
-                self.metrics.call_duration.get_or_create(&script_labels(name)).observe(duration.as_secs_f64());
-                self.call_history(name)
-            }
-        };
-        history.push(CallRecord {
-            id: call_id.to_string(),
-            started_at_ms,
-            duration_ms: duration.as_secs_f64() * 1000.0,
-            outcome: outcome.to_string(),
-            logs,
-        });
         result
     }
 
@@ -472,6 +443,83 @@ impl Controller {
             pool.close().await;
         }
         self.runtime.shutdown().await;
+    }
+}
+
+/// The record of one call in progress. [`CallRecording::finish`] records
+/// its outcome; dropped unfinished, because the caller disconnected and
+/// the call's future was dropped, it records the outcome `cancelled`.
+struct CallRecording<'a> {
+    controller: &'a Controller,
+    name: &'a str,
+    call_id: &'a str,
+    started_at_ms: u64,
+    started: std::time::Instant,
+    target: Option<Arc<CallTarget>>,
+    done: bool,
+}
+
+impl<'a> CallRecording<'a> {
+    fn start(controller: &'a Controller, name: &'a str, call_id: &'a str) -> CallRecording<'a> {
+        CallRecording {
+            controller,
+            name,
+            call_id,
+            started_at_ms: crate::store::now_ms(),
+            started: std::time::Instant::now(),
+            target: None,
+            done: false,
+        }
+    }
+
+    /// Leaves the call unrecorded.
+    fn skip(mut self) {
+        self.done = true;
+    }
+
+    fn finish(mut self, outcome: &str, logs: Vec<String>) {
+        self.done = true;
+        self.record(outcome, logs);
+    }
+
+    /// Counts the call in the metrics and adds it to the script's call records.
+    fn record(&self, outcome: &str, logs: Vec<String>) {
+        let duration = self.started.elapsed();
+        let metrics = &self.controller.metrics;
+        match (&self.target, outcome) {
+            (Some(target), "ok") => {
+                target.ok_calls.inc();
+            }
+            _ => {
+                let labels = CallLabels { script: self.name.to_string(), outcome: outcome.to_string() };
+                metrics.calls.get_or_create(&labels).inc();
+            }
+        }
+        let history = match &self.target {
+            Some(target) => {
+                target.call_duration.observe(duration.as_secs_f64());
+                target.history.clone()
+            }
+            None => {
+                metrics.call_duration.get_or_create(&script_labels(self.name)).observe(duration.as_secs_f64());
+                self.controller.call_history(self.name)
+            }
+        };
+        history.push(CallRecord {
+            id: self.call_id.to_string(),
+            started_at_ms: self.started_at_ms,
+            duration_ms: duration.as_secs_f64() * 1000.0,
+            outcome: outcome.to_string(),
+            logs,
+        });
+    }
+}
+
+impl Drop for CallRecording<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.record("cancelled", vec!["the caller disconnected before the reply".to_string()]);
+        }
     }
 }
 
