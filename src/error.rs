@@ -23,6 +23,19 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    pub const ALL: [ErrorKind; 10] = [
+        ErrorKind::InvalidRequest,
+        ErrorKind::NotFound,
+        ErrorKind::TooLarge,
+        ErrorKind::BuildFailed,
+        ErrorKind::ScriptError,
+        ErrorKind::Crashed,
+        ErrorKind::OutOfMemory,
+        ErrorKind::Overloaded,
+        ErrorKind::Timeout,
+        ErrorKind::Internal,
+    ];
+
     pub fn status(self) -> u16 {
         match self {
             ErrorKind::InvalidRequest => 400,

@@ -9,6 +9,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::error::ErrorKind;
+
+/// The outcome of a call whose caller disconnected before the reply.
+pub const CANCELLED: &str = "cancelled";
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ScriptLabels {
     pub script: String,
@@ -70,6 +75,19 @@ impl Metrics {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
+    }
+
+    /// Removes every series of a deleted script.
+    pub fn remove_script(&self, script: &str) {
+        let outcomes = ["ok", CANCELLED].into_iter().chain(ErrorKind::ALL.iter().map(|kind| kind.as_str()));
+        for outcome in outcomes {
+            self.calls.remove(&CallLabels { script: script.to_string(), outcome: outcome.to_string() });
+        }
+        let labels = script_labels(script);
+        self.call_duration.remove(&labels);
+        self.cold_starts.remove(&labels);
+        self.instances.remove(&labels);
+        self.queue_length.remove(&labels);
     }
 
     pub fn record_build(&self, outcome: &str) {

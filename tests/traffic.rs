@@ -121,6 +121,9 @@ fn delete_lets_calls_in_flight_finish() {
     server.wait_until(Duration::from_secs(10), "the deleted script's instances stop", || {
         common::child_pids(server.pid()).len() <= 1
     });
+    let series: Vec<String> = metrics(&server).into_keys().filter(|key| key.contains("doomed")).collect();
+    assert!(series.is_empty(), "the deleted script has no metrics left: {series:?}");
+    assert!(metrics(&server).keys().any(|key| key.contains("bystander")));
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::builder::{Artifact, BuildInput, BuildOutcome, Builder};
 use crate::config::Config;
 use crate::error::{ApiError, ErrorKind};
-use crate::metrics::{CallLabels, Metrics, script_labels};
+use crate::metrics::{CANCELLED, CallLabels, Metrics, script_labels};
 use crate::runtime::logs::{LogBuffer, LogLine};
 use crate::runtime::{CallData, CallReply, InstanceSpec, ResourceLimits, Runtime};
 use crate::store::{BuildRecord, Script, ScriptVersion, Store};
@@ -147,6 +147,7 @@ impl Controller {
         }
         self.logs.lock().expect("logs poisoned").remove(name);
         self.calls.lock().expect("calls poisoned").remove(name);
+        self.metrics.remove_script(name);
         tracing::info!(script = name, "script deleted");
         Ok(())
     }
@@ -482,8 +483,12 @@ impl<'a> CallRecording<'a> {
         self.record(outcome, logs);
     }
 
-    /// Counts the call in the metrics and adds it to the script's call records.
+    /// Counts the call in the metrics and adds it to the script's call
+    /// records, unless the script was deleted while the call ran.
     fn record(&self, outcome: &str, logs: Vec<String>) {
+        if self.target.as_ref().is_some_and(|target| target.pool.is_closed()) {
+            return;
+        }
         let duration = self.started.elapsed();
         let metrics = &self.controller.metrics;
         match (&self.target, outcome) {
@@ -518,7 +523,7 @@ impl<'a> CallRecording<'a> {
 impl Drop for CallRecording<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.record("cancelled", vec!["the caller disconnected before the reply".to_string()]);
+            self.record(CANCELLED, vec!["the caller disconnected before the reply".to_string()]);
         }
     }
 }

@@ -333,6 +333,11 @@ impl Pool {
         self.stop_idle(Duration::ZERO).await;
     }
 
+    /// Returns whether the pool's script was deleted.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     /// Counts the instances, running or starting.
     pub fn instance_count(&self) -> usize {
         let state = self.lock();
