@@ -83,26 +83,57 @@ async function serveCall(handle, header, body) {
   }
 }
 
+// Bytes received and not yet framed, kept as a list of chunks. They are
+// joined only once a whole frame has arrived, so a large frame that comes
+// in many chunks is copied once, not once per chunk.
+class Received {
+  constructor(initial) {
+    this.chunks = initial.length ? [initial] : [];
+    this.length = initial.length;
+  }
+
+  push(chunk) {
+    this.chunks.push(chunk);
+    this.length += chunk.length;
+  }
+
+  // Returns the next whole frame as [header, body], or null until it has
+  // arrived.
+  nextFrame() {
+    if (this.length < 8) return null;
+    if (this.chunks[0].length < 8) this.chunks = [Buffer.concat(this.chunks)];
+    const headerLength = this.chunks[0].readUInt32BE(0);
+    const total = 8 + headerLength + this.chunks[0].readUInt32BE(4);
+    if (this.length < total) return null;
+    const joined = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks);
+    const header = JSON.parse(joined.subarray(8, 8 + headerLength).toString('utf8'));
+    const body = Buffer.from(joined.subarray(8 + headerLength, total));
+    const rest = joined.subarray(total);
+    this.chunks = rest.length ? [rest] : [];
+    this.length = rest.length;
+    return [header, body];
+  }
+
+  // Returns the bytes after the frames taken so far.
+  rest() {
+    return Buffer.concat(this.chunks);
+  }
+}
+
 // Calls run concurrently: each reply is written when its handler settles,
 // and the controller matches replies to calls by id.
 function serve(socket, handle, initial) {
-  let buffered = initial;
-  socket.on('data', (chunk) => {
-    buffered = buffered.length ? Buffer.concat([buffered, chunk]) : chunk;
-    drain();
-  });
+  const received = new Received(initial);
   const drain = () => {
-    while (buffered.length >= 8) {
-      const headerLength = buffered.readUInt32BE(0);
-      const bodyLength = buffered.readUInt32BE(4);
-      const total = 8 + headerLength + bodyLength;
-      if (buffered.length < total) break;
-      const header = JSON.parse(buffered.subarray(8, 8 + headerLength).toString('utf8'));
-      const body = Buffer.from(buffered.subarray(8 + headerLength, total));
-      buffered = buffered.subarray(total);
+    for (let frame = received.nextFrame(); frame; frame = received.nextFrame()) {
+      const [header, body] = frame;
       serveCall(handle, header, body).then(([reply, payload]) => writeFrame(socket, reply, payload));
     }
   };
+  socket.on('data', (chunk) => {
+    received.push(chunk);
+    drain();
+  });
   drain();
   socket.on('end', () => process.exit(0));
   socket.on('error', () => process.exit(0));
@@ -110,17 +141,14 @@ function serve(socket, handle, initial) {
 
 // Reads exactly one frame, then hands the socket's remaining bytes back.
 function readOneFrame(socket, onFrame) {
-  let buffered = Buffer.alloc(0);
+  const received = new Received(Buffer.alloc(0));
   const onData = (chunk) => {
-    buffered = Buffer.concat([buffered, chunk]);
-    if (buffered.length < 8) return;
-    const headerLength = buffered.readUInt32BE(0);
-    const total = 8 + headerLength + buffered.readUInt32BE(4);
-    if (buffered.length < total) return;
+    received.push(chunk);
+    const frame = received.nextFrame();
+    if (!frame) return;
     socket.removeListener('data', onData);
     socket.pause();
-    const header = JSON.parse(buffered.subarray(8, 8 + headerLength).toString('utf8'));
-    onFrame(header, buffered.subarray(8 + headerLength, total), buffered.subarray(total));
+    onFrame(frame[0], frame[1], received.rest());
   };
   socket.on('data', onData);
   socket.on('end', () => process.exit(0));
