@@ -64,7 +64,10 @@ fn load_config(options: &ServeOptions) -> anyhow::Result<Config> {
         config.cgroup_root = root.clone();
     }
     config.allow_no_cgroups |= options.allow_no_cgroups;
-    config.validate()?;
+    config.validate().with_context(|| match &options.config {
+        Some(path) => format!("invalid settings from {} and the command line", path.display()),
+        None => "invalid settings from the command line".to_string(),
+    })?;
     Ok(config)
 }
 

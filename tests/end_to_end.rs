@@ -533,3 +533,28 @@ fn upload_limits_and_unsafe_archives_are_rejected() {
     assert!(body["error"]["message"].as_str().unwrap().contains("outside"), "{body}");
     assert_eq!(server.request("GET", "/v1/scripts/escape", None).0, 404, "nothing was deployed");
 }
+
+#[test]
+fn invalid_settings_stop_server_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let cases = [
+        ("server_threads = 0\n", "server_threads must be at least 1"),
+        ("instance_concurrency = 0\n", "instance_concurrency must be at least 1"),
+        ("max_instances = 4\n", "unknown field `max_instances`"),
+    ];
+    for (toml, expected) in cases {
+        std::fs::write(&config, toml).unwrap();
+        let output = std::process::Command::new(common::BINARY)
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{toml}: the server started");
+        assert!(stderr.contains(expected), "{toml}: {stderr}");
+        assert!(stderr.contains(&config.display().to_string()), "{toml}: the message names the file: {stderr}");
+    }
+}
