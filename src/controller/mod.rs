@@ -448,7 +448,7 @@ impl Controller {
 }
 
 /// The record of one call in progress. [`CallRecording::finish`] records
-/// its outcome; dropped unfinished, because the caller disconnected and
+/// its outcome. Dropped unfinished, because the caller disconnected and
 /// the call's future was dropped, it records the outcome `cancelled`.
 struct CallRecording<'a> {
     controller: &'a Controller,

@@ -392,7 +392,7 @@ impl PoolState {
     }
 }
 
-/// A caller counted in [`PoolState::waiting`]; dropping it, also when the
+/// A caller counted in [`PoolState::waiting`]. Dropping it, also when the
 /// caller gives up, takes it off the count.
 struct WaitingCount<'a> {
     pool: &'a Pool,
