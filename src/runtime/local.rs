@@ -469,8 +469,8 @@ impl Drop for LocalInstance {
 }
 
 /// A call whose frame is not yet written whole. If its caller stops
-/// waiting now, the call is forgotten; and if part of the frame was
-/// written, the connection is out of step, so the instance is killed.
+/// waiting now, the call is forgotten. If part of the frame was already
+/// written, the connection is out of step, so the instance is killed too.
 struct SendingCall<'a> {
     instance: &'a LocalInstance,
     id: u64,
@@ -478,8 +478,8 @@ struct SendingCall<'a> {
 }
 
 impl SendingCall<'_> {
-    /// The frame was written whole, or its write failed and the caller
-    /// handles that: nothing to undo on drop.
+    /// Marks the frame as written whole, or its write as failed and
+    /// handled by the caller, so dropping undoes nothing.
     fn written(self) {
         std::mem::forget(self);
     }
