@@ -558,3 +558,40 @@ fn invalid_settings_stop_server_at_start() {
         assert!(stderr.contains(&config.display().to_string()), "{toml}: the message names the file: {stderr}");
     }
 }
+
+/// Counts the stored sources (one folder per content hash).
+fn stored_sources(server: &Server) -> usize {
+    std::fs::read_dir(server.data_dir.join("sources")).unwrap().count()
+}
+
+#[test]
+fn unused_sources_are_removed() {
+    let mut server = Server::start();
+    let script = "def handle(data):\n    return data\n";
+    assert_eq!(server.deploy_file("first", "handler.py", script).0, 201);
+    assert_eq!(server.deploy_file("second", "handler.py", script).0, 201);
+    assert_eq!(stored_sources(&server), 1, "identical uploads share one source");
+
+    assert_eq!(server.request("DELETE", "/v1/scripts/first", None).0, 200);
+    assert_eq!(stored_sources(&server), 1, "the second script still names the source");
+    assert_eq!(server.invoke("second", json!({"payload": "x"})).0, 200);
+    assert_eq!(server.request("DELETE", "/v1/scripts/second", None).0, 200);
+    assert_eq!(stored_sources(&server), 0, "no script names the source any more");
+
+    assert_eq!(server.deploy_file("third", "handler.py", script).0, 201);
+    let (status, body) = server.invoke("third", json!({"payload": "back"}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["payload"], "back");
+
+    // A failed redeploy records no version, so its source is unused. The
+    // collection that runs when the server starts removes it.
+    let failing = [("handler.py", script), ("requirements.txt", "kubefaas-no-such-package-xyz==1.0\n")];
+    assert_eq!(server.deploy_folder("third", &failing).0, 422);
+    assert_eq!(stored_sources(&server), 2);
+    let data_dir = server.data_dir.clone();
+    let _keep = server.keep_data_dir();
+    server.stop();
+    let server = Server::builder().data_dir(&data_dir).start();
+    server.wait_until(Duration::from_secs(10), "the failed redeploy's source is removed", || stored_sources(&server) == 1);
+    assert_eq!(server.invoke("third", json!({"payload": "still"})).1["payload"], "still");
+}

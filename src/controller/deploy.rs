@@ -101,6 +101,9 @@ impl Controller {
             (None, UploadKind::File { file_name }) => file_name.clone(),
             (None, UploadKind::Archive(_)) => template.spec.entry.clone(),
         };
+        // Keeps the source from being removed as unused until the version
+        // that names it is recorded.
+        let _source_use = self.use_source(&source_hash);
         let source_dir = self.store_source(&tree, &source_hash)?;
         let key = build_key(template, &entry, &source_hash);
 

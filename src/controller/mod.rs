@@ -5,6 +5,7 @@ mod budget;
 pub mod calls;
 mod deploy;
 pub mod pool;
+mod sources;
 mod targets;
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use crate::templates::{Template, Templates};
 use budget::MemoryBudget;
 use calls::{CallHistory, CallRecord};
 use pool::{Pool, PoolLimits};
+use sources::SourcesInUse;
 use targets::{CallTarget, CallTargets};
 
 pub use deploy::{DeployRequest, Deployed};
@@ -73,6 +75,7 @@ pub struct Controller {
     /// Artifacts already read from disk, by build key.
     artifacts: Mutex<HashMap<String, Artifact>>,
     targets: CallTargets,
+    sources_in_use: SourcesInUse,
     memory_budget: Arc<MemoryBudget>,
     pub metrics: Arc<Metrics>,
 }
@@ -101,6 +104,7 @@ impl Controller {
             calls: Mutex::default(),
             artifacts: Mutex::default(),
             targets: CallTargets::default(),
+            sources_in_use: SourcesInUse::default(),
             memory_budget,
             metrics: Arc::new(Metrics::new()),
         }
@@ -137,6 +141,7 @@ impl Controller {
 
     /// Deletes a script. Calls in flight finish; its instances then stop.
     pub async fn remove(&self, name: &str) -> Result<(), ApiError> {
+        let source_hashes = self.store.versions(name)?.into_iter().map(|version| version.source_hash).collect();
         if !self.store.remove_script(name)? {
             return Err(ApiError::not_found(name));
         }
@@ -148,7 +153,8 @@ impl Controller {
         self.logs.lock().expect("logs poisoned").remove(name);
         self.calls.lock().expect("calls poisoned").remove(name);
         self.metrics.remove_script(name);
-        tracing::info!(script = name, "script deleted");
+        let removed_sources = self.remove_unused_sources(source_hashes).await?;
+        tracing::info!(script = name, removed_sources, "script deleted");
         Ok(())
     }
 
@@ -240,6 +246,11 @@ impl Controller {
                     }
                 }
                 Err(error) => tracing::warn!(%error, "garbage collection failed"),
+            }
+            match self.collect_unused_sources().await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "removed sources no version names"),
+                Err(error) => tracing::warn!(%error, "removing unused sources failed"),
             }
         }
     }

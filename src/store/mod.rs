@@ -220,6 +220,19 @@ impl Store {
         Ok(versions)
     }
 
+    /// Returns the source hash of every stored version of every script.
+    pub fn source_hashes(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(VERSIONS)?;
+        let mut hashes = std::collections::HashSet::new();
+        for entry in table.iter()? {
+            let (_, value) = entry?;
+            let version: ScriptVersion = serde_json::from_slice(value.value())?;
+            hashes.insert(version.source_hash);
+        }
+        Ok(hashes)
+    }
+
     /// Deletes a script and all its versions. Returns false if it did not exist.
     pub fn remove_script(&self, name: &str) -> Result<bool, StoreError> {
         let txn = self.db.begin_write()?;
