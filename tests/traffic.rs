@@ -39,6 +39,24 @@ fn metrics(server: &Server) -> HashMap<String, f64> {
     samples
 }
 
+/// Sends an invoke request on a raw connection and closes the connection
+/// after `wait`, without reading the reply.
+fn invoke_and_hang_up(server: &Server, name: &str, body: Value, wait: Duration) {
+    use std::io::Write;
+
+    let address = server.url.trim_start_matches("http://");
+    let body = body.to_string();
+    let mut connection = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        connection,
+        "POST /v1/scripts/{name}/invoke HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    std::thread::sleep(wait);
+    drop(connection);
+}
+
 fn concurrent<T: Send>(count: usize, call: impl Fn(usize) -> T + Sync) -> Vec<T> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..count).map(|i| scope.spawn({
@@ -179,8 +197,6 @@ fn full_queue_answers_overloaded() {
 /// instance takes calls again once its reply is in.
 #[test]
 fn disconnected_caller_keeps_instance_busy() {
-    use std::io::Write;
-
     let server = Server::builder().config("max_instances_per_script = 2\n").start();
     let script = "\
 import time, uuid
@@ -195,17 +211,7 @@ def handle(data):
     assert_eq!(status, 200, "{body}");
     let first = body["payload"].as_str().unwrap().to_string();
 
-    let address = server.url.trim_start_matches("http://").to_string();
-    let mut leaving = std::net::TcpStream::connect(&address).unwrap();
-    let request_body = json!({"payload": "2"}).to_string();
-    write!(
-        leaving,
-        "POST /v1/scripts/marked/invoke HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{request_body}",
-        request_body.len()
-    )
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    drop(leaving);
+    invoke_and_hang_up(&server, "marked", json!({"payload": "2"}), Duration::from_millis(300));
 
     let (status, body) = server.invoke("marked", json!({"payload": "0"}));
     assert_eq!(status, 200, "{body}");
@@ -226,6 +232,43 @@ def handle(data):
     assert_eq!(metrics(&server)["kubefaas_calls_total{outcome=cancelled,script=marked}"], 1.0);
 }
 
+/// A caller that disconnects while its payload is still being written to
+/// the instance leaves the connection out of step, so the instance is
+/// replaced: the call it was running fails, and the next call is served.
+#[test]
+fn disconnect_during_frame_write_replaces_instance() {
+    let server = Server::builder().config("max_instances_per_script = 1\ninstance_concurrency = 2\n").start();
+    // A blocked event loop reads nothing, so a large frame cannot be written whole.
+    let script = "\
+module.exports = async (data) => {
+  if (data.payload === 'block') {
+    const end = Date.now() + 2000;
+    while (Date.now() < end) {}
+  }
+  return data;
+};
+";
+    assert_eq!(server.deploy_file("blocking", "index.js", script).0, 201);
+    assert_eq!(server.invoke("blocking", json!({"payload": "warm"})).0, 200);
+
+    std::thread::scope(|scope| {
+        let blocked = scope.spawn(|| server.invoke("blocking", json!({"payload": "block"})));
+        std::thread::sleep(Duration::from_millis(300));
+        let large = "y".repeat(20 * 1024 * 1024);
+        invoke_and_hang_up(&server, "blocking", json!({"payload": large}), Duration::from_millis(500));
+        let (status, body) = blocked.join().unwrap();
+        assert_eq!(status, 502, "the running call fails with its instance: {body}");
+        assert_eq!(body["error"]["kind"], "crashed");
+    });
+
+    let (status, body) = server.invoke("blocking", json!({"payload": "after"}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["payload"], "after");
+    let (_, logs) = server.request("GET", "/v1/scripts/blocking/logs", None);
+    let outcomes: Vec<&str> = logs["calls"].as_array().unwrap().iter().map(|call| call["outcome"].as_str().unwrap()).collect();
+    assert!(outcomes.contains(&"cancelled"), "{outcomes:?}");
+}
+
 /// Callers that disconnect while queued for an instance leave the queue:
 /// they do not fill it for the callers after them.
 #[test]
@@ -236,24 +279,11 @@ fn abandoned_queued_calls_leave_queue() {
     assert_eq!(server.deploy_file("narrow", "handler.py", &sleeper("ok")).0, 201);
     assert_eq!(server.invoke("narrow", json!({"payload": "0"})).0, 200);
 
-    let address = server.url.trim_start_matches("http://").to_string();
     std::thread::scope(|scope| {
         let busy = scope.spawn(|| server.invoke("narrow", json!({"payload": "1.5"})));
         std::thread::sleep(Duration::from_millis(300));
         for _ in 0..2 {
-            let request_body = json!({"payload": "0"}).to_string();
-            let mut leaving = std::net::TcpStream::connect(&address).unwrap();
-            std::io::Write::write_all(
-                &mut leaving,
-                format!(
-                    "POST /v1/scripts/narrow/invoke HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{request_body}",
-                    request_body.len()
-                )
-                .as_bytes(),
-            )
-            .unwrap();
-            std::thread::sleep(Duration::from_millis(200));
-            drop(leaving);
+            invoke_and_hang_up(&server, "narrow", json!({"payload": "0"}), Duration::from_millis(200));
         }
         let (status, body) = busy.join().unwrap();
         assert_eq!(status, 200, "{body}");

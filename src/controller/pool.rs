@@ -124,9 +124,7 @@ impl Pool {
                 if state.closed {
                     break Err(ApiError::not_found(&self.script));
                 }
-                if state.current_key != key {
-                    state.current_key = key.to_string();
-                }
+                state.use_key(key);
                 state.slots.retain(|slot| slot.instance.is_alive() || slot.in_flight > 0);
                 state.queue.retain(|caller| !caller.handoff.is_closed());
                 let failures = *failures_seen.get_or_insert(state.failed_starts);
@@ -144,16 +142,7 @@ impl Pool {
                     .iter()
                     .find(|caller| caller.key == key)
                     .is_none_or(|caller| Some(caller.id) == own_id);
-                let free = state
-                    .slots
-                    .iter_mut()
-                    .filter(|slot| {
-                        slot.key == key && slot.instance.is_alive() && slot.in_flight < limits.concurrency
-                    })
-                    .min_by_key(|slot| slot.in_flight);
-                if let (true, Some(slot)) = (first_in_line, free) {
-                    slot.in_flight += 1;
-                    let instance = slot.instance.clone();
+                if first_in_line && let Some(instance) = state.take_slot(key, limits.concurrency) {
                     if let Some(id) = own_id {
                         state.queue.retain(|caller| caller.id != id);
                     }
@@ -227,16 +216,9 @@ impl Pool {
         if state.closed || state.queue.iter().any(|caller| caller.key == key) {
             return None;
         }
-        if state.current_key != key {
-            state.current_key = key.to_string();
-        }
-        let slot = state
-            .slots
-            .iter_mut()
-            .filter(|slot| slot.key == key && slot.instance.is_alive() && slot.in_flight < concurrency)
-            .min_by_key(|slot| slot.in_flight)?;
-        slot.in_flight += 1;
-        Some(Lease { pool: self.clone(), instance: slot.instance.clone() })
+        state.use_key(key);
+        let instance = state.take_slot(key, concurrency)?;
+        Some(Lease { pool: self.clone(), instance })
     }
 
     /// Starts an instance in its own task, so it finishes and serves the
@@ -378,6 +360,25 @@ impl Pool {
 }
 
 impl PoolState {
+    /// Makes `key` the one new calls use. Instances of other keys stop once idle.
+    fn use_key(&mut self, key: &str) {
+        if self.current_key != key {
+            self.current_key = key.to_string();
+        }
+    }
+
+    /// Takes a call slot of `key` on the least busy live instance that has
+    /// one free.
+    fn take_slot(&mut self, key: &str, concurrency: usize) -> Option<Arc<dyn Instance>> {
+        let slot = self
+            .slots
+            .iter_mut()
+            .filter(|slot| slot.key == key && slot.instance.is_alive() && slot.in_flight < concurrency)
+            .min_by_key(|slot| slot.in_flight)?;
+        slot.in_flight += 1;
+        Some(slot.instance.clone())
+    }
+
     /// Sends `instance` to the oldest queued caller of `key` that is still
     /// waiting, removing the entries it passes. Returns whether a caller took
     /// it; the call slot then stays counted as in use.

@@ -327,6 +327,20 @@ impl LocalInstance {
         })
     }
 
+    /// Marks the instance dead and sends SIGKILL to its whole process group,
+    /// without waiting. [`LocalInstance::stop_now`] reaps the child later.
+    fn kill_group(&self) {
+        self.alive.store(false, Ordering::Release);
+        if self.pid > 0 {
+            // SAFETY: kill has no memory-safety preconditions. The group id is
+            // the child's pid (process_group(0)), and the child is not reaped
+            // until `stop_now` waits for it, so the id cannot have been reused.
+            unsafe {
+                libc::kill(-self.pid, libc::SIGKILL);
+            }
+        }
+    }
+
     /// Removes a call that will get no reply, releasing what it holds.
     fn forget_call(&self, id: u64) {
         let call = self.pending.lock().expect("pending calls poisoned").waiting.remove(&id);
@@ -428,15 +442,7 @@ impl LocalInstance {
     /// Kills the whole process group, reaps the child and removes the
     /// instance's cgroup once its processes are gone.
     pub(super) async fn stop_now(&self) {
-        self.alive.store(false, Ordering::Release);
-        if self.pid > 0 {
-            // SAFETY: kill has no memory-safety preconditions. The group id is
-            // the child's pid (process_group(0)), and the child is not reaped
-            // until the wait below, so the id cannot have been reused.
-            unsafe {
-                libc::kill(-self.pid, libc::SIGKILL);
-            }
-        }
+        self.kill_group();
         {
             let mut child = self.child.lock().await;
             let _ = child.kill().await;
@@ -489,14 +495,7 @@ impl Drop for SendingCall<'_> {
     fn drop(&mut self) {
         if self.writing {
             tracing::warn!(instance = self.instance.id, "a call was cancelled while its frame was written; stopping the instance");
-            self.instance.alive.store(false, Ordering::Release);
-            if self.instance.pid > 0 {
-                // SAFETY: as in `stop_now`, the group id is the child's pid,
-                // which is not reused before the child is reaped.
-                unsafe {
-                    libc::kill(-self.instance.pid, libc::SIGKILL);
-                }
-            }
+            self.instance.kill_group();
         }
         self.instance.forget_call(self.id);
     }
