@@ -240,8 +240,8 @@ impl Controller {
                         artifacts.remove(key);
                     }
                     if !removed.is_empty() {
-                        // A target may name a removed layer folder; the next
-                        // call makes a new one, rebuilding if needed.
+                        // A target may name a removed layer folder, so the
+                        // next call makes a new one, rebuilding if needed.
                         self.targets.clear();
                     }
                 }

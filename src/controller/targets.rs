@@ -59,7 +59,7 @@ struct UseRecords {
 }
 
 impl UseRecords {
-    /// Returns true for the first call and then once per interval; of
+    /// Returns true for the first call and then once per interval. Of
     /// concurrent calls, only one gets true.
     fn due(&self, now_ms: u64) -> bool {
         let last = self.last_ms.load(Ordering::Relaxed);

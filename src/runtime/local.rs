@@ -50,7 +50,7 @@ pub(super) struct RuntimeInner {
 }
 
 impl LocalRuntime {
-    /// Creates the runtime; call it within the server's async runtime.
+    /// Creates the runtime. Call it within the server's async runtime.
     pub fn new(sandbox: Sandbox, cgroups: Option<Cgroups>) -> std::io::Result<LocalRuntime> {
         let spawner = Spawner::start(tokio::runtime::Handle::current())?;
         Ok(LocalRuntime { inner: Arc::new(RuntimeInner { sandbox, cgroups, prewarmed: Prewarmed::default(), spawner }) })

@@ -64,7 +64,7 @@ impl AsyncRead for SocketReader {
 pub struct SocketWriter {
     socket: Arc<AsyncFd<UnixStream>>,
     /// A duplicate of the socket registered for writing, present only while
-    /// a write waits for buffer space; dropped (and deregistered) on flush.
+    /// a write waits for buffer space. Flushing drops and deregisters it.
     space_waiter: Option<tokio::net::UnixStream>,
 }
 
